@@ -1,0 +1,250 @@
+"""Settings: the only reader of config files and environment variables.
+
+One TOML file, validated by pydantic-settings, with `TURNUP_<SECTION>__<KEY>`
+environment overrides (`TURNUP_API__TOKEN=...`). Read once at start and passed
+down; nothing deeper in the daemon reads files or the environment for config.
+`config/turnup.example.toml` documents every key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon.core.plans import Plan, VerifyMode
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite+aiosqlite:///var/lib/turnup/turnup.db"
+    pool_size: int = Field(10, ge=1, le=200)
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        if not v.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
+        return v
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: str = Field("", description="bearer token for the control API")
+    metrics_public: bool = Field(False, description="serve /metrics without the token")
+
+    @field_validator("token")
+    @classmethod
+    def _strong(cls, v: str) -> str:
+        if v and len(v) < 16:
+            raise ValueError("the API token must be at least 16 characters")
+        return v
+
+
+class AcsSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(7547, ge=0, le=65535)
+    path: str = "/acs"
+    public_url: str = Field("", description="URL CPEs use to reach the ACS")
+    auth: Literal["digest", "basic", "any"] = "any"
+    realm: str = "turnup"
+    trust_management_network: bool = False
+    shared_username: str = ""
+    shared_password: str = ""
+    credentials: dict[str, str] = Field(default_factory=dict)  # username (serial) -> password
+    max_body_bytes: int = Field(262_144, ge=1024)
+    max_sessions: int = Field(10_000, ge=1)
+    session_timeout_seconds: float = Field(60.0, gt=0)
+    connection_request_username: str = "turnup"
+    connection_request_password: str = ""
+    connection_request_timeout_seconds: float = Field(5.0, gt=0)
+    max_connection_requests_in_flight: int = Field(64, ge=1)
+    periodic_inform_interval: int = Field(3600, ge=30)
+
+    @model_validator(mode="after")
+    def _auth_possible(self) -> AcsSettings:
+        if not self.trust_management_network and not (
+            self.credentials or (self.shared_username and self.shared_password is not None)
+        ):
+            raise ValueError(
+                "no CPE credentials: set acs.shared_username/shared_password or "
+                "[acs.credentials], or acs.trust_management_network = true for a closed network"
+            )
+        return self
+
+
+class SpeedtestSettings(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(7548, ge=0, le=65535)
+    public_url: str = Field("", description="base URL CPEs use to reach the speed-test server")
+    external_download_url: str = ""
+    external_upload_url: str = ""
+    download_bytes: int = Field(4_000_000, ge=1024)
+    upload_bytes: int = Field(2_000_000, ge=1024)
+    max_bytes: int = Field(1_000_000_000, ge=1024)
+    max_transfers: int = Field(512, ge=1)
+
+
+class VerificationSettings(_Section):
+    pass_fraction: float = Field(0.9, gt=0, le=1.5)
+    max_test_attempts: int = Field(3, ge=1, le=100)
+    retry_delay_seconds: float = Field(300, ge=0)
+    step_timeout_seconds: float = Field(600, gt=0)
+    max_config_attempts: int = Field(3, ge=1)
+    timer_interval_seconds: float = Field(1.0, gt=0)
+
+
+DEFAULT_SCHEDULE: list[float] = [0, 5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400, 86400]
+
+
+class WebhookSettings(_Section):
+    url: str = ""
+    secret: str = ""
+    schedule_seconds: list[float] = Field(default_factory=lambda: list(DEFAULT_SCHEDULE))
+    timeout_seconds: float = Field(10.0, gt=0)
+    concurrency: int = Field(16, ge=1, le=1000)
+    batch: int = Field(100, ge=1)
+    poll_interval_seconds: float = Field(0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_with_url(self) -> WebhookSettings:
+        if self.url and not self.secret.startswith("whsec_"):
+            raise ValueError("webhooks.secret must be a Standard Webhooks secret (whsec_...)")
+        return self
+
+
+class PlanSettings(_Section):
+    id: str = Field(min_length=1, max_length=64)
+    name: str
+    down_mbps: float = Field(gt=0)
+    up_mbps: float = Field(gt=0)
+    vlan: int | None = Field(None, ge=1, le=4094)
+    verify: VerifyMode = VerifyMode.DOWNLOAD
+
+    def to_plan(self) -> Plan:
+        return Plan(self.id, self.name, self.down_mbps, self.up_mbps, self.vlan, self.verify)
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json_output: bool = Field(False, alias="json")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TURNUP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    acs: AcsSettings = Field(default_factory=lambda: AcsSettings(trust_management_network=True))
+    speedtest: SpeedtestSettings = Field(default_factory=SpeedtestSettings)
+    verification: VerificationSettings = Field(default_factory=VerificationSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    plans: list[PlanSettings] = Field(default_factory=list)
+    profiles_dir: str = Field("", description="extra vendor profiles (TOML), beside the built-in")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _unique_plans(self) -> Settings:
+        seen: set[str] = set()
+        for plan in self.plans:
+            if plan.id in seen:
+                raise ValueError(f"plan id {plan.id!r} appears twice")
+            seen.add(plan.id)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Best effort: the line where the failing key sits, for a located error."""
+    keys = [str(p) for p in loc if isinstance(p, str)]
+    if not keys:
+        return None
+    section_line = 0
+    lines = text.splitlines()
+    if len(keys) > 1:
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            if stripped in (f"[{keys[0]}]", f"[[{keys[0]}]]"):
+                section_line = i
+                break
+    for i in range(section_line, len(lines)):
+        head = lines[i].split("=", 1)[0].strip()
+        if head == keys[-1]:
+            return i + 1
+    return section_line + 1 if section_line else None
+
+
+def load_settings(path: str | Path | None, **overrides: Any) -> Settings:
+    """Read, validate and return the settings. Raises ConfigError with the file,
+    line and key of every problem."""
+    if path is None:
+        try:
+            return Settings(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_format(exc, "<environment>", "")) from None
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+
+    class BoundSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": file})
+
+    try:
+        settings: Settings = BoundSettings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(file), text)) from None
+    return settings
+
+
+def _format(exc: ValidationError, where: str, text: str) -> str:
+    lines = [f"{where}: {exc.error_count()} problem(s)"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(text, loc) if text else None
+        at = f"line {line}: " if line else ""
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        lines.append(f"  {at}{key}: {err['msg']}{shown}")
+    return "\n".join(lines)
