@@ -54,9 +54,15 @@ LOC = Location("olt-1", "1/1/1", 3, "olt-1 xpon 1/1/1:3")
 
 def order(**kw: object) -> Order:
     base = Order(
-        id="o-1", account_id="a-1", plan_id=PLAN.id, network_type=NetworkType.GPON,
-        state=OrderState.PENDING, created_at=T0, updated_at=T0,
-        expected_serial="ALCL00000001", location=LOC,
+        id="o-1",
+        account_id="a-1",
+        plan_id=PLAN.id,
+        network_type=NetworkType.GPON,
+        state=OrderState.PENDING,
+        created_at=T0,
+        updated_at=T0,
+        expected_serial="ALCL00000001",
+        location=LOC,
     )
     return replace(base, **kw)  # type: ignore[arg-type]
 
@@ -115,8 +121,9 @@ def test_expected_serial_at_wrong_location_is_held() -> None:
     assert webhooks(out.effects) == ["device.wrong_location"]
     assert "olt-9" in (out.orders[0].last_error or "")
     # seen again at the same wrong place: no second webhook
-    again = on_device_seen(seen(location=elsewhere), out.device, None, [out.orders[0]], PLANS,
-                           POLICY, T0)
+    again = on_device_seen(
+        seen(location=elsewhere), out.device, None, [out.orders[0]], PLANS, POLICY, T0
+    )
     assert webhooks(again.effects) == []
 
 

@@ -6,9 +6,27 @@ import ast
 from pathlib import Path
 
 FORBIDDEN = {
-    "asyncio", "anyio", "sqlalchemy", "aiosqlite", "asyncpg", "fastapi", "starlette",
-    "uvicorn", "httpx", "prometheus_client", "pyrad", "socket", "structlog", "logging",
-    "lxml", "tftpy", "scapy", "daemon.store", "daemon.api", "daemon.tr069", "daemon.app",
+    "asyncio",
+    "anyio",
+    "sqlalchemy",
+    "aiosqlite",
+    "asyncpg",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "prometheus_client",
+    "pyrad",
+    "socket",
+    "structlog",
+    "logging",
+    "lxml",
+    "tftpy",
+    "scapy",
+    "daemon.store",
+    "daemon.api",
+    "daemon.tr069",
+    "daemon.app",
 }
 CORE = Path(__file__).resolve().parents[2] / "daemon" / "core"
 

@@ -1,0 +1,336 @@
+"""The service layer: runs core decisions inside one store transaction each and
+hands the post-commit work (connection requests, webhook wake-ups, metrics) to
+the adapters.
+
+Every adapter (ACS, API, later DHCP/RADIUS/TFTP) calls these methods; none of
+them touches the core and the store together on its own. A version clash on an
+order (two sessions deciding at once) retries the whole decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.core.activation import (
+    Outcome,
+    Policy,
+    apply,
+    on_device_seen,
+    on_order_placed,
+)
+from daemon.core.events import (
+    CancelRequested,
+    DeviceSeen,
+    EmitWebhook,
+    OrderEvent,
+    RequestConnection,
+    RetryRequested,
+    ThroughputMeasured,
+    TimerDue,
+)
+from daemon.core.identity import Location, normalize_serial
+from daemon.core.orders import Device, NetworkType, Order, OrderState, TimelineStep
+from daemon.core.plans import Plan
+from daemon.metrics import Metrics
+from daemon.store.repository import Store, StoreConflict, Tx
+
+log = structlog.get_logger("turnup.service")
+T = TypeVar("T")
+
+
+class PostCommit(Protocol):
+    def request_connection(self, serial: str) -> None: ...
+
+    def webhook_written(self) -> None: ...
+
+
+class NullPostCommit:
+    def request_connection(self, serial: str) -> None:
+        return None
+
+    def webhook_written(self) -> None:
+        return None
+
+
+class UnknownPlan(ValueError):
+    pass
+
+
+class OrderNotFound(LookupError):
+    pass
+
+
+class IdempotencyConflict(ValueError):
+    """The order id exists with different contents."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    id: str
+    account_id: str
+    plan_id: str
+    network_type: NetworkType
+    expected_serial: str | None = None
+    location: Location = field(default_factory=Location)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+class Service:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        clock: Clock,
+        metrics: Metrics,
+        post_commit: PostCommit | None = None,
+    ) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.metrics = metrics
+        self.post_commit: PostCommit = post_commit or NullPostCommit()
+        self._plans: dict[str, Plan] = {}
+
+    # ---- plans ------------------------------------------------------------
+
+    async def load_plans(self, configured: Iterable[Plan] = ()) -> None:
+        """Write the plans from config, then cache every stored plan."""
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            for plan in configured:
+                await tx.upsert_plan(plan, now)
+            self._plans = {p.id: p for p in await tx.list_plans()}
+
+    async def upsert_plan(self, plan: Plan) -> Plan:
+        async with self.store.transaction() as tx:
+            await tx.upsert_plan(plan, self.clock.now())
+        self._plans[plan.id] = plan
+        return plan
+
+    def plans(self) -> dict[str, Plan]:
+        return dict(self._plans)
+
+    def plan(self, plan_id: str) -> Plan:
+        try:
+            return self._plans[plan_id]
+        except KeyError:
+            raise UnknownPlan(f"plan {plan_id!r} is not in the catalogue") from None
+
+    # ---- orders -----------------------------------------------------------
+
+    async def place_order(self, req: OrderRequest, request_hash: str) -> tuple[Order, bool]:
+        """Create an order, idempotent on its id. Returns (order, created)."""
+        plan = self.plan(req.plan_id)
+        serial = normalize_serial(req.expected_serial) if req.expected_serial else None
+
+        async def work(tx: Tx) -> tuple[Order, bool, Outcome | None]:
+            existing = await tx.get_order(req.id)
+            if existing is not None:
+                if await tx.get_order_hash(req.id) != request_hash:
+                    raise IdempotencyConflict(
+                        f"order {req.id!r} already exists with different contents"
+                    )
+                return existing, False, None
+            now = self.clock.now()
+            order = Order(
+                id=req.id,
+                account_id=req.account_id,
+                plan_id=plan.id,
+                network_type=req.network_type,
+                state=OrderState.PENDING,
+                created_at=now,
+                updated_at=now,
+                expected_serial=serial,
+                location=req.location,
+                settings=dict(req.settings),
+            )
+            devices = await tx.candidate_devices(order)
+            outcome = on_order_placed(order, devices, self._plans, self.policy, now)
+            return order, True, outcome
+
+        async def run(tx: Tx) -> tuple[Order, bool, list[RequestConnection]]:
+            order, created, outcome = await work(tx)
+            if outcome is None:
+                return order, created, []
+            actions = await tx.apply_outcome(outcome, self.clock.now(), new_order_hash=request_hash)
+            stored = await tx.get_order(order.id)
+            assert stored is not None
+            self._count(outcome)
+            return stored, created, actions
+
+        order, created, actions = await self._transaction(run)
+        self._after(actions)
+        return order, created
+
+    async def get_order(self, order_id: str) -> Order:
+        async with self.store.read() as tx:
+            order = await tx.get_order(order_id)
+        if order is None:
+            raise OrderNotFound(f"no order {order_id!r}")
+        return order
+
+    async def cancel_order(self, order_id: str) -> Order:
+        return await self._order_event(order_id, CancelRequested(order_id))
+
+    async def retry_order(self, order_id: str) -> Order:
+        return await self._order_event(order_id, RetryRequested(order_id))
+
+    async def order_event(self, order_id: str, event: OrderEvent) -> Order:
+        return await self._order_event(order_id, event)
+
+    async def _order_event(self, order_id: str, event: OrderEvent) -> Order:
+        async def run(tx: Tx) -> tuple[Order, list[RequestConnection]]:
+            order = await tx.get_order(order_id, for_update=True)
+            if order is None:
+                raise OrderNotFound(f"no order {order_id!r}")
+            plan = self.plan(order.plan_id)
+            device = await tx.get_device(order.device_serial) if order.device_serial else None
+            now = self.clock.now()
+            outcome = apply(order, event, plan, device, self.policy, now)
+            actions = await tx.apply_outcome(outcome, now)
+            self._count(outcome)
+            if isinstance(event, ThroughputMeasured):
+                self._count_throughput(event, plan)
+            return (outcome.orders[0] if outcome.orders else order), actions
+
+        order, actions = await self._transaction(run)
+        self._after(actions)
+        return order
+
+    # ---- devices ----------------------------------------------------------
+
+    async def device_seen(self, seen: DeviceSeen) -> Device:
+        async def run(tx: Tx) -> tuple[Device, list[RequestConnection], str]:
+            device = await tx.get_device(seen.serial, for_update=True)
+            bound = None
+            if device is not None and device.order_id:
+                bound = await tx.get_order(device.order_id, for_update=True)
+            candidates: list[Order] = []
+            if bound is None or bound.state in (OrderState.CANCELLED, OrderState.PENDING):
+                candidates = await tx.candidate_orders(seen.serial, seen.location)
+            now = self.clock.now()
+            outcome = on_device_seen(seen, device, bound, candidates, self._plans, self.policy, now)
+            actions = await tx.apply_outcome(outcome, now)
+            assert outcome.device is not None
+            label = outcome.device.status.value if outcome.orders or bound is None else "bound"
+            self._count(outcome)
+            return outcome.device, actions, label
+
+        device, actions, label = await self._transaction(run)
+        self.metrics.devices_seen.labels(seen.source, label).inc()
+        self._after(actions)
+        return device
+
+    async def get_device(self, serial: str) -> Device | None:
+        async with self.store.read() as tx:
+            return await tx.get_device(normalize_serial(serial))
+
+    async def queue_rpc(self, serial: str, method: str, args: dict[str, Any]) -> int:
+        serial = normalize_serial(serial)
+        async with self.store.transaction() as tx:
+            if await tx.get_device(serial) is None:
+                raise LookupError(f"no device {serial!r}")
+            task_id = await tx.add_task(
+                serial, None, "rpc", {"method": method, "args": args}, self.clock.now()
+            )
+        self.post_commit.request_connection(serial)
+        return task_id
+
+    # ---- timers -----------------------------------------------------------
+
+    async def tick(self, limit: int = 200) -> int:
+        """Send TimerDue to orders whose retry or deadline has come."""
+        now = self.clock.now()
+        async with self.store.read() as tx:
+            due = await tx.orders_due(now, limit)
+        for order in due:
+            try:
+                await self._order_event(order.id, TimerDue(order.id))
+            except Exception:  # one order's trouble must not stop the others
+                log.exception("timer_failed", order_id=order.id)
+                self.metrics.internal_errors.labels("timer").inc()
+        return len(due)
+
+    async def refresh_gauges(self) -> None:
+        async with self.store.read() as tx:
+            counts = await tx.count_orders_by_state()
+        for state in OrderState:
+            self.metrics.orders_by_state.labels(state.value).set(counts.get(state.value, 0))
+        depth, age = await self.store.outbox_stats(self.clock.now())
+        self.metrics.outbox_depth.set(depth)
+        self.metrics.outbox_oldest_age.set(age)
+
+    async def run_timers(self, interval: float, gauge_every: float = 5.0) -> None:
+        last_gauges = 0.0
+        while True:
+            try:
+                await self.tick()
+                mono = self.clock.monotonic()
+                if mono - last_gauges >= gauge_every:
+                    await self.refresh_gauges()
+                    last_gauges = mono
+            except Exception:
+                log.exception("timer_loop_error")
+                self.metrics.internal_errors.labels("timer").inc()
+            await asyncio.sleep(interval)
+
+    # ---- plumbing ---------------------------------------------------------
+
+    async def _transaction(self, fn: Callable[[Tx], Awaitable[T]], attempts: int = 5) -> T:
+        for attempt in range(attempts):
+            try:
+                async with self.store.transaction() as tx:
+                    return await fn(tx)
+            except StoreConflict:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _after(self, actions: list[RequestConnection]) -> None:
+        for action in actions:
+            self.post_commit.request_connection(action.serial)
+
+    def _count(self, outcome: Outcome) -> None:
+        if any(isinstance(effect, EmitWebhook) for effect in outcome.effects):
+            self.post_commit.webhook_written()
+        for order in outcome.orders:
+            state = order.state
+            if state is OrderState.ACTIVE:
+                self.metrics.activations.labels("active").inc()
+                active_at = order.timeline.get(TimelineStep.ACTIVE.value)
+                seen_at = order.timeline.get(TimelineStep.FIRST_SEEN.value)
+                ordered_at = order.timeline.get(TimelineStep.ORDERED.value)
+                if active_at and seen_at:
+                    self.metrics.time_first_seen_to_active.observe(
+                        max(0.0, _seconds(active_at, seen_at))
+                    )
+                if active_at and ordered_at:
+                    self.metrics.time_ordered_to_active.observe(
+                        max(0.0, _seconds(active_at, ordered_at))
+                    )
+            elif state is OrderState.TEST_FAILED and order.next_retry_at is None:
+                self.metrics.activations.labels("test_failed").inc()
+            elif state in (OrderState.FAILED, OrderState.WRONG_LOCATION, OrderState.CANCELLED):
+                self.metrics.activations.labels(state.value).inc()
+
+    def _count_throughput(self, event: ThroughputMeasured, plan: Plan) -> None:
+        result = event.result
+        if result.mbps is None:
+            self.metrics.throughput_results.labels(result.direction, "unusable").inc()
+            return
+        self.metrics.throughput.labels(result.direction).observe(result.mbps)
+        target = plan.down_mbps if result.direction == "download" else plan.up_mbps
+        passed = result.mbps >= target * self.policy.pass_fraction
+        self.metrics.throughput_results.labels(result.direction, "pass" if passed else "fail").inc()
+
+
+def _seconds(a: datetime, b: datetime) -> float:
+    return (a - b).total_seconds()

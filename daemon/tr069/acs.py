@@ -1,0 +1,723 @@
+"""The ACS adapter: CWMP over HTTP as a raw ASGI app (the hot path; no FastAPI).
+
+Owns: HTTP framing, session lookup (cookie first, then the TCP connection as
+fallback), CPE authentication (Basic, Digest, or a trusted closed network),
+body bounds, and turning CWMP messages into service calls:
+- Inform → `DeviceSeen`; the core decides what the device must do and queues it
+  as device tasks in the same transaction;
+- empty POST / RPC response → the next queued task becomes one RPC (vendor
+  profile decides the parameter paths), answers become `ConfigApplied`,
+  `ThroughputMeasured`, … events.
+Rules: one guard per request (decode errors are counted and answered 400,
+protocol errors get a SOAP fault, anything else is logged, counted and
+answered 500); no per-request logging at INFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+import structlog
+
+from daemon.clock import Clock
+from daemon.config import AcsSettings
+from daemon.core.events import (
+    ConfigApplied,
+    ConfigFaulted,
+    DeviceSeen,
+    TestFaulted,
+    ThroughputMeasured,
+)
+from daemon.core.identity import InvalidSerial, parse_serial, serial_match_key
+from daemon.core.throughput import compute_throughput
+from daemon.metrics import Metrics
+from daemon.service import OrderNotFound, Service
+from daemon.store.repository import Store, Task
+from daemon.tr069 import codec
+from daemon.tr069.auth import DigestAuthenticator, parse_basic
+from daemon.tr069.codec import (
+    CwmpDecodeError,
+    Envelope,
+    Fault,
+    GetRPCMethods,
+    GetRPCMethodsResponse,
+    Inform,
+    InformResponse,
+    Message,
+    TransferComplete,
+    TransferCompleteResponse,
+)
+from daemon.tr069.profiles import Profile, ProfileSet
+from daemon.tr069.session import (
+    CpeRequestReceived,
+    CwmpProtocolError,
+    CwmpSession,
+    EmptyPost,
+    InformReceived,
+    ResponseReceived,
+    SessionState,
+)
+
+log = structlog.get_logger("turnup.acs")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+COOKIE = "turnup_cwmp"
+XML_HEADERS = [(b"content-type", b'text/xml; charset="utf-8"')]
+ACS_METHODS = ("Inform", "GetRPCMethods", "TransferComplete")
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedtestUrls:
+    download: str
+    upload: str
+    upload_bytes: int
+
+
+@dataclass(slots=True)
+class AcsSession:
+    key: str
+    cwmp: CwmpSession
+    conn: tuple[str, int] | None
+    serial: str = ""
+    profile: Profile | None = None
+    task: Task | None = None
+    ended: bool = False
+    set_cookie: bool = True
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Acs:
+    def __init__(
+        self,
+        service: Service,
+        store: Store,
+        profiles: ProfileSet,
+        settings: AcsSettings,
+        speedtest: Callable[[], SpeedtestUrls],
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.profiles = profiles
+        self.settings = settings
+        self.speedtest = speedtest
+        self.metrics = metrics
+        self.clock = clock
+        self.digest = DigestAuthenticator(settings.realm, secrets.token_bytes(32), nonce_ttl=300.0)
+        self.sessions: dict[str, AcsSession] = {}
+        self.by_conn: dict[tuple[str, int], AcsSession] = {}
+        self.by_serial: dict[str, AcsSession] = {}
+        self._orphans: list[str] = []  # serials whose in-flight task must be requeued
+
+    # ---- ASGI entry -------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"] != self.settings.path:
+            await _respond(send, 404, b"not found\n")
+            return
+        if scope["method"] != "POST":
+            await _respond(send, 405, b"CWMP uses POST\n", [(b"allow", b"POST")])
+            return
+        try:
+            body = await _read_body(scope, receive, self.settings.max_body_bytes)
+        except BodyTooLarge:
+            self.metrics.malformed.labels("cwmp").inc()
+            await _respond(send, 413, b"request body too large\n", [(b"connection", b"close")])
+            return
+        try:
+            status, payload, headers = await self.handle(scope, body)
+        except Exception:
+            log.exception("acs_internal_error", client=_client(scope))
+            self.metrics.internal_errors.labels("acs").inc()
+            self.metrics.cwmp_sessions.labels("error").inc()
+            self._drop(self._find(scope), "internal error")
+            status, payload, headers = 500, b"internal error\n", []
+        await _respond(send, status, payload, headers)
+
+    # ---- one request ------------------------------------------------------
+
+    async def handle(
+        self, scope: Scope, body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        now = self.clock.monotonic()
+        envelope: Envelope | None = None
+        if body.strip():
+            try:
+                envelope = codec.decode(body)
+            except CwmpDecodeError as exc:
+                self.metrics.malformed.labels("cwmp").inc()
+                self._drop(self._find(scope), "malformed request")
+                return 400, f"malformed CWMP request: {exc}\n".encode(), []
+
+        session = self._find(scope)
+        if envelope is not None and isinstance(envelope.body, Inform):
+            if session is not None and session.cwmp.state is not SessionState.AWAIT_INFORM:
+                if session.cwmp.state is SessionState.ENDED or session.ended:
+                    self._forget(session)
+                    session = None
+            if session is None:
+                auth = self._authenticate(scope, envelope.body)
+                if auth is not None:
+                    return auth
+                if len(self.sessions) >= self.settings.max_sessions:
+                    self.metrics.cwmp_sessions.labels("refused_busy").inc()
+                    return 503, b"too many sessions\n", [(b"retry-after", b"10")]
+                session = self._new_session(scope, now)
+        elif session is None:
+            # Not an Inform and no session: the CPE lost its session (or never had one).
+            self.metrics.cwmp_faults.labels("to_cpe", "8005").inc()
+            return self._fault_reply(None, codec.fault_for(8005, "no session; start with Inform"))
+
+        try:
+            received = session.cwmp.receive(envelope, now)
+        except CwmpProtocolError as exc:
+            self.metrics.cwmp_faults.labels("to_cpe", str(exc.fault_code)).inc()
+            await self._abandon(session, f"protocol error: {exc}")
+            return self._fault_reply(session, codec.fault_for(exc.fault_code, str(exc)))
+
+        match received:
+            case InformReceived(inform=inform):
+                return await self._on_inform(session, inform)
+            case CpeRequestReceived(message=message):
+                return await self._on_cpe_request(session, message)
+            case EmptyPost():
+                return await self._next_rpc(session)
+            case ResponseReceived(response=response):
+                await self._on_response(session, response)
+                return await self._next_rpc(session)
+        raise AssertionError(f"unhandled {received!r}")
+
+    # ---- Inform -----------------------------------------------------------
+
+    async def _on_inform(
+        self, session: AcsSession, inform: Inform
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        device_id = inform.device_id
+        try:
+            serial = parse_serial(device_id.serial_number)
+        except InvalidSerial as exc:
+            self.metrics.malformed.labels("cwmp").inc()
+            await self._abandon(session, "bad serial")
+            return self._fault_reply(session, codec.fault_for(8003, str(exc)))
+        params = {p.name: p.value for p in inform.parameters}
+        root = next(iter(params), "Device.")
+        profile = self.profiles.select(
+            serial.vendor_id, device_id.oui, device_id.product_class, root
+        )
+        session.serial = serial.text
+        session.profile = profile
+        previous = self.by_serial.get(serial.text)
+        if previous is not None and previous is not session:
+            # Two sessions from one device at once: the newest wins (the CPE
+            # gave up on the old one); work sent in the old one goes back to the queue.
+            self.metrics.cwmp_sessions.labels("superseded").inc()
+            await self._abandon(previous, "superseded by a new session from the same device")
+        self.by_serial[serial.text] = session
+        codes = {e.code.strip().upper() for e in inform.events}
+        prefix = profile.root
+        seen = DeviceSeen(
+            serial=serial.text,
+            source="tr069",
+            vendor_id=serial.vendor_id,
+            manufacturer=device_id.manufacturer,
+            oui=device_id.oui,
+            product_class=device_id.product_class,
+            model=params.get(prefix + "DeviceInfo.ModelName") or device_id.product_class,
+            firmware=params.get(prefix + "DeviceInfo.SoftwareVersion", ""),
+            location=profile.location_from(params),
+            connection_request_url=params.get(prefix + "ManagementServer.ConnectionRequestURL"),
+            data_model=profile.data_model,
+            profile=profile.name,
+            diagnostics_complete="8 DIAGNOSTICS COMPLETE" in codes,
+        )
+        await self.service.device_seen(seen)
+        envelope = session.cwmp.answer(InformResponse(1))
+        return 200, codec.encode(envelope), self._session_headers(session)
+
+    def _authenticate(
+        self, scope: Scope, inform: Inform
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        """None when the CPE may go on; else the 401 answer."""
+        s = self.settings
+        if s.trust_management_network:
+            return None
+        header = _header(scope, b"authorization")
+        scheme = header.split(" ", 1)[0].lower() if header else ""
+        username: str | None = None
+        if scheme == "basic" and s.auth in ("basic", "any"):
+            pair = parse_basic(header)
+            if pair is not None:
+                expected = self._password_for(pair[0])
+                if expected is not None and hmac.compare_digest(
+                    pair[1].encode(), expected.encode()
+                ):
+                    username = pair[0]
+        elif scheme == "digest" and s.auth in ("digest", "any"):
+            result = self.digest.verify(
+                header, "POST", self._password_for, self.clock.monotonic(), uri=_target(scope)
+            )
+            if result.ok:
+                username = result.username
+            elif result.stale:
+                return self._challenge(stale=True)
+        if username is None:
+            if header:
+                self.metrics.cwmp_auth_failures.labels(scheme or "none").inc()
+            return self._challenge()
+        if username in s.credentials:
+            # A per-device credential only speaks for that device.
+            try:
+                same = serial_match_key(username) == serial_match_key(
+                    inform.device_id.serial_number
+                )
+            except InvalidSerial:
+                same = False
+            if not same:
+                self.metrics.cwmp_auth_failures.labels(scheme).inc()
+                return 403, b"credentials belong to another device\n", []
+        return None
+
+    def _password_for(self, username: str) -> str | None:
+        s = self.settings
+        if username in s.credentials:
+            return s.credentials[username]
+        if s.shared_username and hmac.compare_digest(username.encode(), s.shared_username.encode()):
+            return s.shared_password
+        return None
+
+    def _challenge(self, stale: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        headers: list[tuple[bytes, bytes]] = []
+        if self.settings.auth in ("digest", "any"):
+            value = self.digest.challenge(self.clock.monotonic(), stale=stale)
+            headers.append((b"www-authenticate", value.encode()))
+        if self.settings.auth in ("basic", "any"):
+            headers.append((b"www-authenticate", f'Basic realm="{self.settings.realm}"'.encode()))
+        return 401, b"authentication required\n", headers
+
+    # ---- CPE requests -----------------------------------------------------
+
+    async def _on_cpe_request(
+        self, session: AcsSession, message: Message
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        if isinstance(message, TransferComplete):
+            await self._note_transfer(session, message)
+            reply: Message = TransferCompleteResponse()
+        elif isinstance(message, GetRPCMethods):
+            reply = GetRPCMethodsResponse(ACS_METHODS)
+        else:  # the session table lets only these through
+            reply = codec.fault_for(8000)
+        return 200, codec.encode(session.cwmp.answer(reply)), self._session_headers(session)
+
+    async def _note_transfer(self, session: AcsSession, message: TransferComplete) -> None:
+        from daemon.core.events import Note  # local: only this rare path needs it
+
+        async with self.store.transaction() as tx:
+            await tx.add_note(
+                Note(
+                    "device.transfer_complete",
+                    None,
+                    session.serial,
+                    {
+                        "command_key": message.command_key,
+                        "fault_code": message.fault_code,
+                        "fault_string": message.fault_string,
+                        "start": message.start_time,
+                        "complete": message.complete_time,
+                    },
+                    self.clock.now(),
+                )
+            )
+        if message.fault_code:
+            self.metrics.cwmp_faults.labels("from_cpe", str(message.fault_code)).inc()
+
+    # ---- ACS RPCs ---------------------------------------------------------
+
+    async def _next_rpc(self, session: AcsSession) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        while True:
+            async with self.store.read() as tx:
+                task = await tx.next_task(session.serial)
+            if task is None:
+                session.cwmp.end()
+                self._finish(session, "ok")
+                return 204, b"", self._session_headers(session)
+            try:
+                request = await self._rpc_for(session, task)
+            except Exception as exc:  # a task we cannot turn into an RPC: record, skip
+                log.warning("task_unusable", serial=session.serial, task=task.id, error=str(exc))
+                await self._finish_task(task, "faulted", fault=f"cannot build RPC: {exc}")
+                await self._task_failed(task, f"cannot build RPC: {exc}")
+                continue
+            if request is None:  # nothing to send for this task (e.g. empty configuration)
+                await self._finish_task(task, "done", result={"skipped": "nothing to set"})
+                await self._task_succeeded(session, task, None)
+                continue
+            async with self.store.transaction() as tx:
+                await tx.mark_task_sent(task.id, self.clock.now())
+            session.task = task
+            envelope = session.cwmp.send_rpc(request, str(task.id))
+            self.metrics.cwmp_rpcs.labels(type(request).__name__).inc()
+            return 200, codec.encode(envelope), self._session_headers(session)
+
+    async def _rpc_for(self, session: AcsSession, task: Task) -> Message | None:
+        profile = session.profile
+        assert profile is not None
+        kind = task.kind
+        if kind == "configure":
+            context = await self._config_context(task)
+            params = profile.render_configuration(context)
+            if not params:
+                return None
+            return codec.SetParameterValues(params, f"turnup-{task.order_id}"[:32])
+        if kind in ("download_diagnostics", "upload_diagnostics"):
+            direction = kind.split("_", 1)[0]
+            urls = self.speedtest()
+            url = urls.download if direction == "download" else urls.upload
+            return codec.SetParameterValues(
+                profile.diagnostics_request(direction, url, urls.upload_bytes), ""
+            )
+        if kind in ("read_download", "read_upload"):
+            direction = kind.split("_", 1)[1]
+            return codec.GetParameterValues(profile.diagnostics_result_names(direction))
+        if kind == "rpc":
+            return rpc_from_payload(task.payload)
+        raise ValueError(f"unknown task kind {kind!r}")
+
+    async def _config_context(self, task: Task) -> dict[str, Any]:
+        if not task.order_id:
+            raise ValueError("configure task without an order")
+        order = await self.service.get_order(task.order_id)
+        plan = self.service.plan(order.plan_id)
+        async with self.store.read() as tx:
+            device = await tx.get_device(task.serial)
+        s = self.settings
+        return {
+            "plan": plan.as_dict(),
+            "order": {
+                "id": order.id,
+                "account_id": order.account_id,
+                "network_type": order.network_type.value,
+                "location": order.location.as_dict(),
+            },
+            "settings": order.settings,
+            "acs": {
+                "periodic_inform_interval": s.periodic_inform_interval,
+                "connection_request_username": s.connection_request_username,
+                "connection_request_password": s.connection_request_password,
+            },
+            "device": device.describe() if device else {"serial": task.serial},
+        }
+
+    async def _on_response(self, session: AcsSession, response: Message) -> None:
+        task, session.task = session.task, None
+        if task is None:
+            return
+        if isinstance(response, Fault):
+            self.metrics.cwmp_faults.labels("from_cpe", str(response.code)).inc()
+            detail = f"CWMP fault {response.code} {response.string}".strip()
+            if response.set_parameter_faults:
+                detail += ": " + ", ".join(
+                    f"{f.name} ({f.code} {f.string})".strip() for f in response.set_parameter_faults
+                )
+            await self._finish_task(task, "faulted", fault=detail)
+            await self._task_failed(task, detail)
+            return
+        result: dict[str, Any] = {"response": type(response).__name__}
+        if isinstance(response, codec.GetParameterValuesResponse):
+            result["parameters"] = {p.name: p.value for p in response.parameters}
+        elif isinstance(response, codec.GetParameterNamesResponse):
+            result["parameters"] = {p.name: p.writable for p in response.parameters}
+        elif isinstance(response, codec.AddObjectResponse):
+            result["instance_number"] = response.instance_number
+        status = getattr(response, "status", None)
+        if status is not None:
+            result["status"] = status
+        await self._finish_task(task, "done", result=result)
+        await self._task_succeeded(session, task, response)
+
+    async def _task_succeeded(
+        self, session: AcsSession, task: Task, response: Message | None
+    ) -> None:
+        if not task.order_id:
+            return
+        try:
+            if task.kind == "configure":
+                await self.service.order_event(task.order_id, ConfigApplied(task.order_id))
+            elif task.kind in ("read_download", "read_upload"):
+                direction = task.kind.split("_", 1)[1]
+                assert session.profile is not None
+                params = (
+                    response.parameters
+                    if isinstance(response, codec.GetParameterValuesResponse)
+                    else ()
+                )
+                values = session.profile.diagnostics_values(direction, params)
+                result = compute_throughput(direction, values)
+                await self.service.order_event(
+                    task.order_id, ThroughputMeasured(task.order_id, result)
+                )
+        except OrderNotFound:
+            log.warning("task_for_missing_order", task=task.id, order_id=task.order_id)
+
+    async def _task_failed(self, task: Task, reason: str) -> None:
+        if not task.order_id:
+            return
+        try:
+            if task.kind == "configure":
+                await self.service.order_event(task.order_id, ConfigFaulted(task.order_id, reason))
+            elif task.kind != "rpc":
+                await self.service.order_event(task.order_id, TestFaulted(task.order_id, reason))
+        except OrderNotFound:
+            log.warning("task_for_missing_order", task=task.id, order_id=task.order_id)
+
+    async def _finish_task(
+        self,
+        task: Task,
+        state: str,
+        *,
+        result: dict[str, Any] | None = None,
+        fault: str | None = None,
+    ) -> None:
+        async with self.store.transaction() as tx:
+            await tx.finish_task(task.id, state, self.clock.now(), result=result, fault=fault)
+
+    # ---- sessions ---------------------------------------------------------
+
+    def _new_session(self, scope: Scope, now: float) -> AcsSession:
+        key = secrets.token_urlsafe(18)
+        conn = _conn(scope)
+        session = AcsSession(
+            key, CwmpSession(key, now, self.settings.session_timeout_seconds), conn
+        )
+        self.sessions[key] = session
+        if conn is not None:
+            old = self.by_conn.get(conn)
+            if old is not None and old is not session:
+                self.sessions.pop(old.key, None)
+            self.by_conn[conn] = session
+        self.metrics.cwmp_sessions_active.set(len(self.sessions))
+        return session
+
+    def _find(self, scope: Scope) -> AcsSession | None:
+        cookie = _header(scope, b"cookie")
+        if cookie:
+            try:
+                jar = SimpleCookie(cookie)
+            except CookieError:
+                jar = SimpleCookie()
+            morsel = jar.get(COOKIE)
+            if morsel is not None:
+                found = self.sessions.get(morsel.value)
+                if found is not None:
+                    return found
+        conn = _conn(scope)
+        return self.by_conn.get(conn) if conn is not None else None
+
+    def _session_headers(self, session: AcsSession) -> list[tuple[bytes, bytes]]:
+        if session.set_cookie:
+            session.set_cookie = False
+            return [(b"set-cookie", f"{COOKIE}={session.key}; Path=/; HttpOnly".encode())]
+        return []
+
+    def _finish(self, session: AcsSession, result: str) -> None:
+        session.ended = True
+        self.metrics.cwmp_sessions.labels(result).inc()
+        self._forget(session)
+
+    def _forget(self, session: AcsSession) -> None:
+        self.sessions.pop(session.key, None)
+        if session.conn is not None and self.by_conn.get(session.conn) is session:
+            del self.by_conn[session.conn]
+        if session.serial and self.by_serial.get(session.serial) is session:
+            del self.by_serial[session.serial]
+        self.metrics.cwmp_sessions_active.set(len(self.sessions))
+
+    def _drop(self, session: AcsSession | None, why: str) -> None:
+        """Forget a session synchronously; its sent task is requeued by `sweep`."""
+        if session is None or session.ended:
+            return
+        session.ended = True
+        self.metrics.cwmp_sessions.labels("dropped").inc()
+        self._forget(session)
+        if session.task is not None:
+            self._orphans.append(session.serial)
+
+    async def _abandon(self, session: AcsSession, why: str) -> None:
+        """End a session that did not finish: forget it and put back the task it
+        had in flight so the next session sends it again."""
+        if session.ended:
+            return
+        session.ended = True
+        self.metrics.cwmp_sessions.labels("aborted").inc()
+        self._forget(session)
+        if session.task is not None and session.serial:
+            session.task = None
+            async with self.store.transaction() as tx:
+                await tx.requeue_sent_tasks(session.serial)
+        log.info("cwmp_session_aborted", serial=session.serial or None, reason=why)
+
+    def _fault_reply(
+        self, session: AcsSession | None, fault: Fault
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        version = session.cwmp.version if session else codec.CwmpVersion.V1_0
+        # SOAP 1.1 §6.2: a response carrying a SOAP Fault uses HTTP 500.
+        return 500, codec.encode(Envelope(fault, None, version)), []
+
+    async def sweep(self) -> int:
+        """Expire idle sessions (a CPE that dropped mid-session) and requeue
+        the work they had in flight. Returns how many were expired."""
+        now = self.clock.monotonic()
+        expired = [s for s in self.sessions.values() if s.cwmp.is_expired(now)]
+        for session in expired:
+            self.metrics.cwmp_sessions.labels("timeout").inc()
+            await self._abandon(session, "idle timeout")
+        orphans, self._orphans = self._orphans, []
+        for serial in orphans:
+            async with self.store.transaction() as tx:
+                await tx.requeue_sent_tasks(serial)
+        return len(expired)
+
+    async def run_sweeper(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("acs_sweep_error")
+                self.metrics.internal_errors.labels("acs").inc()
+
+
+# ---- RPCs from the API's task payloads -----------------------------------
+
+
+def rpc_from_payload(payload: dict[str, Any]) -> Message:
+    method = payload.get("method")
+    args = payload.get("args") or {}
+    if method == "Reboot":
+        return codec.Reboot(str(args.get("command_key", "turnup")))
+    if method == "FactoryReset":
+        return codec.FactoryReset()
+    if method == "GetParameterValues":
+        return codec.GetParameterValues(tuple(str(n) for n in args["names"]))
+    if method == "GetParameterNames":
+        return codec.GetParameterNames(str(args["path"]), bool(args.get("next_level", False)))
+    if method == "SetParameterValues":
+        params = tuple(
+            codec.ParameterValue(
+                str(p["name"]), str(p["value"]), str(p.get("type") or "xsd:string")
+            )
+            for p in args["parameters"]
+        )
+        return codec.SetParameterValues(params, str(args.get("parameter_key", "")))
+    if method == "AddObject":
+        return codec.AddObject(str(args["object_name"]), str(args.get("parameter_key", "")))
+    if method == "DeleteObject":
+        return codec.DeleteObject(str(args["object_name"]), str(args.get("parameter_key", "")))
+    if method == "Download":
+        return codec.Download(
+            command_key=str(args.get("command_key", "turnup")),
+            file_type=str(args["file_type"]),
+            url=str(args["url"]),
+            username=str(args.get("username", "")),
+            password=str(args.get("password", "")),
+            file_size=int(args.get("file_size", 0)),
+            target_file_name=str(args.get("target_file_name", "")),
+            delay_seconds=int(args.get("delay_seconds", 0)),
+        )
+    raise ValueError(f"unsupported method {method!r}")
+
+
+# ---- ASGI helpers -----------------------------------------------------------
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def _conn(scope: Scope) -> tuple[str, int] | None:
+    client = scope.get("client")
+    if not client:
+        return None
+    return (str(client[0]), int(client[1]))
+
+
+def _client(scope: Scope) -> str:
+    c = _conn(scope)
+    return f"{c[0]}:{c[1]}" if c else "?"
+
+
+def _target(scope: Scope) -> str:
+    path: str = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+    query = scope.get("query_string", b"")
+    if query and "?" not in path:
+        path += "?" + query.decode("latin-1")
+    return path
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge
+        except ValueError:
+            raise BodyTooLarge from None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    out = list(headers or [])
+    if body and status != 204:
+        if body.startswith(b"<?xml"):
+            out.extend(XML_HEADERS)
+        else:
+            out.append((b"content-type", b"text/plain; charset=utf-8"))
+    out.append((b"content-length", str(len(body) if status != 204 else 0).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": out})
+    await send({"type": "http.response.body", "body": body if status != 204 else b""})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
