@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -52,6 +53,13 @@ DEMO_PLANS: list[dict[str, Any]] = [
         "verify": "download",
     },
 ]
+
+
+def free_port() -> int:
+    """A port free right now on loopback (for a daemon that must restart on the same one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_secret() -> str:
@@ -114,15 +122,16 @@ class LabConfig:
     acs_auth: str = "any"
     max_sessions: int = 20_000
     session_timeout: float = 30.0
+    ports: dict[str, int] = field(default_factory=dict)  # "api"/"acs"/"speedtest" -> fixed port
 
     def sections(self) -> dict[str, Any]:
         store = self.store_url or f"sqlite+aiosqlite:///{self.workdir / 'turnup.db'}"
         return {
             "store": {"url": store},
-            "api": {"host": "127.0.0.1", "port": 0, "token": self.token},
+            "api": {"host": "127.0.0.1", "port": self.ports.get("api", 0), "token": self.token},
             "acs": {
                 "host": "127.0.0.1",
-                "port": 0,
+                "port": self.ports.get("acs", 0),
                 "auth": self.acs_auth,
                 "shared_username": "cpe",
                 "shared_password": self.cpe_password,
@@ -134,7 +143,7 @@ class LabConfig:
             },
             "speedtest": {
                 "host": "127.0.0.1",
-                "port": 0,
+                "port": self.ports.get("speedtest", 0),
                 "download_bytes": self.download_bytes,
                 "upload_bytes": self.upload_bytes,
             },
