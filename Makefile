@@ -18,9 +18,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/turnup demo
 
+LINTED := daemon emulators tests $(wildcard bench)
+
 lint: $(STAMP)
-	$(BIN)/ruff check daemon emulators tests bench
-	$(BIN)/ruff format --check daemon emulators tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -155,18 +155,18 @@ class Service:
             outcome = on_order_placed(order, devices, self._plans, self.policy, now)
             return order, True, outcome
 
-        async def run(tx: Tx) -> tuple[Order, bool, list[RequestConnection]]:
+        async def run(tx: Tx) -> tuple[Order, bool, Outcome | None, list[RequestConnection]]:
             order, created, outcome = await work(tx)
             if outcome is None:
-                return order, created, []
+                return order, created, None, []
             actions = await tx.apply_outcome(outcome, self.clock.now(), new_order_hash=request_hash)
             stored = await tx.get_order(order.id)
             assert stored is not None
-            self._count(outcome)
-            return stored, created, actions
+            return stored, created, outcome, actions
 
-        order, created, actions = await self._transaction(run)
-        self._after(actions)
+        order, created, outcome, actions = await self._transaction(run)
+        if outcome is not None:
+            self._after(outcome, actions)
         return order, created
 
     async def get_order(self, order_id: str) -> Order:
@@ -186,7 +186,7 @@ class Service:
         return await self._order_event(order_id, event)
 
     async def _order_event(self, order_id: str, event: OrderEvent) -> Order:
-        async def run(tx: Tx) -> tuple[Order, list[RequestConnection]]:
+        async def run(tx: Tx) -> tuple[Order, Outcome, Plan, list[RequestConnection]]:
             order = await tx.get_order(order_id, for_update=True)
             if order is None:
                 raise OrderNotFound(f"no order {order_id!r}")
@@ -195,19 +195,18 @@ class Service:
             now = self.clock.now()
             outcome = apply(order, event, plan, device, self.policy, now)
             actions = await tx.apply_outcome(outcome, now)
-            self._count(outcome)
-            if isinstance(event, ThroughputMeasured):
-                self._count_throughput(event, plan)
-            return (outcome.orders[0] if outcome.orders else order), actions
+            return (outcome.orders[0] if outcome.orders else order), outcome, plan, actions
 
-        order, actions = await self._transaction(run)
-        self._after(actions)
+        order, outcome, plan, actions = await self._transaction(run)
+        self._after(outcome, actions)
+        if isinstance(event, ThroughputMeasured):
+            self._count_throughput(event, plan)
         return order
 
     # ---- devices ----------------------------------------------------------
 
     async def device_seen(self, seen: DeviceSeen) -> Device:
-        async def run(tx: Tx) -> tuple[Device, list[RequestConnection], str]:
+        async def run(tx: Tx) -> tuple[Outcome, list[RequestConnection], str]:
             device = await tx.get_device(seen.serial, for_update=True)
             bound = None
             if device is not None and device.order_id:
@@ -220,13 +219,13 @@ class Service:
             actions = await tx.apply_outcome(outcome, now)
             assert outcome.device is not None
             label = outcome.device.status.value if outcome.orders or bound is None else "bound"
-            self._count(outcome)
-            return outcome.device, actions, label
+            return outcome, actions, label
 
-        device, actions, label = await self._transaction(run)
+        outcome, actions, label = await self._transaction(run)
         self.metrics.devices_seen.labels(seen.source, label).inc()
-        self._after(actions)
-        return device
+        self._after(outcome, actions)
+        assert outcome.device is not None
+        return outcome.device
 
     async def get_device(self, serial: str) -> Device | None:
         async with self.store.read() as tx:
@@ -294,11 +293,11 @@ class Service:
                 await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _after(self, actions: list[RequestConnection]) -> None:
+    def _after(self, outcome: Outcome, actions: list[RequestConnection]) -> None:
+        """After the commit (never inside it: a retried transaction must not
+        count twice, and the relay must find the row it is woken for)."""
         for action in actions:
             self.post_commit.request_connection(action.serial)
-
-    def _count(self, outcome: Outcome) -> None:
         if any(isinstance(effect, EmitWebhook) for effect in outcome.effects):
             self.post_commit.webhook_written()
         for order in outcome.orders:
