@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.config import ConfigError, Settings, load_settings
+from daemon.config import ConfigError, Settings, StoreSettings, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,10 +82,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return 0
     if args.command == "db":
+        from pydantic import ValidationError
+        from sqlalchemy.exc import SQLAlchemyError
+
         from daemon.store.repository import upgrade
 
         url = args.url or _load(args.config).store.url
-        asyncio.run(upgrade(url))
+        try:
+            StoreSettings(url=url)
+        except ValidationError as exc:
+            print(f"turnup: bad --url: {exc.errors()[0]['msg']}", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(upgrade(url))
+        except (OSError, SQLAlchemyError) as exc:
+            print(f"turnup: cannot upgrade the store: {exc}", file=sys.stderr)
+            return 1
         print(f"store at {url.split('://')[0]} is at the latest schema")
         return 0
     if args.command == "run":

@@ -8,6 +8,7 @@ down; nothing deeper in the daemon reads files or the environment for config.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -79,9 +80,9 @@ class AcsSettings(_Section):
 
     @model_validator(mode="after")
     def _auth_possible(self) -> AcsSettings:
-        if not self.trust_management_network and not (
-            self.credentials or (self.shared_username and self.shared_password is not None)
-        ):
+        # A shared username with an empty password is allowed on purpose: real
+        # CPEs send Basic auth with an empty password (see the README).
+        if not self.trust_management_network and not (self.credentials or self.shared_username):
             raise ValueError(
                 "no CPE credentials: set acs.shared_username/shared_password or "
                 "[acs.credentials], or acs.trust_management_network = true for a closed network"
@@ -156,13 +157,20 @@ class Settings(BaseSettings):
 
     store: StoreSettings = Field(default_factory=StoreSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
-    acs: AcsSettings = Field(default_factory=lambda: AcsSettings(trust_management_network=True))
+    # Unvalidated default: a config without an [acs] section then fails in
+    # `_acs_secure` with a clear message instead of running an open ACS.
+    acs: AcsSettings = Field(default_factory=AcsSettings.model_construct)
     speedtest: SpeedtestSettings = Field(default_factory=SpeedtestSettings)
     verification: VerificationSettings = Field(default_factory=VerificationSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     plans: list[PlanSettings] = Field(default_factory=list)
     profiles_dir: str = Field("", description="extra vendor profiles (TOML), beside the built-in")
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _acs_secure(self) -> Settings:
+        self.acs._auth_possible()
+        return self
 
     @model_validator(mode="after")
     def _unique_plans(self) -> Settings:
@@ -189,24 +197,42 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+_HEADER = re.compile(r"^\s*\[\[?([^\]]+)\]\]?\s*(?:#.*)?$")
+
+
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Best effort: the line where the failing key sits, for a located error."""
+    """Best effort: the line where the failing key sits, for a located error.
+
+    Finds the deepest `[table]` header naming a prefix of the key path (the
+    n-th `[[array]]` header for `plans.n.key`), then the key inside that table.
+    """
     keys = [str(p) for p in loc if isinstance(p, str)]
     if not keys:
         return None
-    section_line = 0
     lines = text.splitlines()
-    if len(keys) > 1:
-        for i, line in enumerate(lines):
-            stripped = line.strip()
-            if stripped in (f"[{keys[0]}]", f"[[{keys[0]}]]"):
-                section_line = i
-                break
-    for i in range(section_line, len(lines)):
-        head = lines[i].split("=", 1)[0].strip()
-        if head == keys[-1]:
+    headers: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        m = _HEADER.match(line)
+        if m:
+            headers.append((i, ".".join(part.strip().strip("\"'") for part in m[1].split("."))))
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+    start, end, table = 0, len(lines), None
+    for depth in range(len(keys), 0, -1):
+        name = ".".join(keys[:depth])
+        found = [i for i, h in headers if h == name]
+        if not found:
+            continue
+        start = found[index] if depth == 1 and index < len(found) else found[0]
+        if depth == len(keys):
+            return start + 1  # the problem is the table as a whole
+        end = next((i for i, _ in headers if i > start), len(lines))
+        table = start + 1
+        break
+    for i in range(start, end):
+        head = lines[i].split("=", 1)[0].strip().strip("\"'")
+        if head in (keys[-1], ".".join(keys)):
             return i + 1
-    return section_line + 1 if section_line else None
+    return table
 
 
 def load_settings(path: str | Path | None, **overrides: Any) -> Settings:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from jinja2 import ChainableUndefined
+from jinja2 import ChainableUndefined, TemplateError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from daemon.core.identity import Location
@@ -84,9 +84,13 @@ class Profile:
         """The configure step's SetParameterValues list for this plan/order."""
         out: list[ParameterValue] = []
         for entry in self.entries:
-            if entry.when is not None and not entry.when(**context):
-                continue
-            value = entry.value.render(**context).strip()
+            try:
+                if entry.when is not None and not entry.when(**context):
+                    continue
+                value = entry.value.render(**context).strip()
+            except (TemplateError, ArithmeticError, TypeError, ValueError) as exc:
+                # jinja2's SecurityError is a TemplateError: name the profile and entry
+                raise ProfileError(f"{self.source}: {entry.path}: {exc}") from None
             if value in ("", "None"):
                 continue
             out.append(ParameterValue(entry.path, value, entry.xsd_type))
@@ -143,6 +147,9 @@ def parse_profile(text: str, source: str) -> Profile:
             if not path.startswith(ROOTS[model]):
                 raise ProfileError(f"{source}: set[{i}].path {path!r} is outside {ROOTS[model]}")
             when = raw.get("when")
+            _refuse_private(str(raw["value"]), f"{source}: set[{i}].value")
+            if when:
+                _refuse_private("{{ " + str(when) + " }}", f"{source}: set[{i}].when")
             entries.append(
                 SetEntry(
                     path=path,
@@ -168,6 +175,26 @@ def parse_profile(text: str, source: str) -> Profile:
         raise ProfileError(f"{source}: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # jinja2 TemplateSyntaxError and friends
         raise ProfileError(f"{source}: template error: {exc}") from None
+
+
+def _refuse_private(template: str, where: str) -> None:
+    """Refuse, at load time, templates reaching for `_private` or dunder attributes.
+
+    The sandbox would render those as empty or raise at render time; a profile
+    that tries is broken or hostile, so it never gets loaded.
+    """
+    tree = _ENV.parse(template)
+    names = [n.attr for n in tree.find_all(nodes.Getattr)]
+    names += [
+        n.arg.value
+        for n in tree.find_all(nodes.Getitem)
+        if isinstance(n.arg, nodes.Const) and isinstance(n.arg.value, str)
+    ]
+    for name in names:
+        if name.startswith("_"):
+            raise ProfileError(f"{where}: access to attribute {name!r} is not allowed")
+    if any(f.name == "attr" for f in tree.find_all(nodes.Filter)):
+        raise ProfileError(f"{where}: the attr filter is not allowed")
 
 
 class ProfileSet:
