@@ -80,6 +80,10 @@ class AcsSettings(_Section):
 
     @model_validator(mode="after")
     def _auth_possible(self) -> AcsSettings:
+        self.require_credentials()
+        return self
+
+    def require_credentials(self) -> None:
         # A shared username with an empty password is allowed on purpose: real
         # CPEs send Basic auth with an empty password (see the README).
         if not self.trust_management_network and not (self.credentials or self.shared_username):
@@ -87,7 +91,6 @@ class AcsSettings(_Section):
                 "no CPE credentials: set acs.shared_username/shared_password or "
                 "[acs.credentials], or acs.trust_management_network = true for a closed network"
             )
-        return self
 
 
 class SpeedtestSettings(_Section):
@@ -169,7 +172,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _acs_secure(self) -> Settings:
-        self.acs._auth_possible()
+        self.acs.require_credentials()
         return self
 
     @model_validator(mode="after")

@@ -148,8 +148,7 @@ class Acs:
         except Exception:
             log.exception("acs_internal_error", client=_client(scope))
             self.metrics.internal_errors.labels("acs").inc()
-            self.metrics.cwmp_sessions.labels("error").inc()
-            self._drop(self._find(scope), "internal error")
+            self._drop(self._find(scope), "internal error", result="error")
             status, payload, headers = 500, b"internal error\n", []
         await _respond(send, status, payload, headers)
 
@@ -165,7 +164,11 @@ class Acs:
                 envelope = codec.decode(body)
             except CwmpDecodeError as exc:
                 self.metrics.malformed.labels("cwmp").inc()
-                self._drop(self._find(scope), "malformed request")
+                # Requeue its task now, not at the next sweep: the CPE retries at
+                # once and its next session must get the same RPC again.
+                broken = self._find(scope)
+                if broken is not None:
+                    await self._abandon(broken, "malformed request", result="malformed")
                 return 400, f"malformed CWMP request: {exc}\n".encode(), []
 
         session = self._find(scope)
@@ -229,8 +232,9 @@ class Acs:
         if previous is not None and previous is not session:
             # Two sessions from one device at once: the newest wins (the CPE
             # gave up on the old one); work sent in the old one goes back to the queue.
-            self.metrics.cwmp_sessions.labels("superseded").inc()
-            await self._abandon(previous, "superseded by a new session from the same device")
+            await self._abandon(
+                previous, "superseded by a new session from the same device", result="superseded"
+            )
         self.by_serial[serial.text] = session
         codes = {e.code.strip().upper() for e in inform.events}
         prefix = profile.root
@@ -279,9 +283,12 @@ class Acs:
                 username = result.username
             elif result.stale:
                 return self._challenge(stale=True)
+        # The label comes from a closed set: the scheme name is the peer's to choose
+        # and must not grow the metric without bound.
+        label = scheme if scheme in ("basic", "digest") else "other"
         if username is None:
             if header:
-                self.metrics.cwmp_auth_failures.labels(scheme or "none").inc()
+                self.metrics.cwmp_auth_failures.labels(label).inc()
             return self._challenge()
         if username in s.credentials:
             # A per-device credential only speaks for that device.
@@ -292,7 +299,7 @@ class Acs:
             except InvalidSerial:
                 same = False
             if not same:
-                self.metrics.cwmp_auth_failures.labels(scheme).inc()
+                self.metrics.cwmp_auth_failures.labels(label).inc()
                 return 403, b"credentials belong to another device\n", []
         return None
 
@@ -550,23 +557,24 @@ class Acs:
             del self.by_serial[session.serial]
         self.metrics.cwmp_sessions_active.set(len(self.sessions))
 
-    def _drop(self, session: AcsSession | None, why: str) -> None:
+    def _drop(self, session: AcsSession | None, why: str, result: str = "dropped") -> None:
         """Forget a session synchronously; its sent task is requeued by `sweep`."""
         if session is None or session.ended:
             return
         session.ended = True
-        self.metrics.cwmp_sessions.labels("dropped").inc()
+        self.metrics.cwmp_sessions.labels(result).inc()
         self._forget(session)
         if session.task is not None:
             self._orphans.append(session.serial)
 
-    async def _abandon(self, session: AcsSession, why: str) -> None:
+    async def _abandon(self, session: AcsSession, why: str, result: str = "aborted") -> None:
         """End a session that did not finish: forget it and put back the task it
-        had in flight so the next session sends it again."""
+        had in flight so the next session sends it again. `result` labels how it
+        ended in `turnup_cwmp_sessions_total` (each session is counted once)."""
         if session.ended:
             return
         session.ended = True
-        self.metrics.cwmp_sessions.labels("aborted").inc()
+        self.metrics.cwmp_sessions.labels(result).inc()
         self._forget(session)
         if session.task is not None and session.serial:
             session.task = None
@@ -587,8 +595,7 @@ class Acs:
         now = self.clock.monotonic()
         expired = [s for s in self.sessions.values() if s.cwmp.is_expired(now)]
         for session in expired:
-            self.metrics.cwmp_sessions.labels("timeout").inc()
-            await self._abandon(session, "idle timeout")
+            await self._abandon(session, "idle timeout", result="timeout")
         orphans, self._orphans = self._orphans, []
         for serial in orphans:
             async with self.store.transaction() as tx:
