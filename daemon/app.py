@@ -27,6 +27,7 @@ from daemon.billing_hook import BackoffSchedule, WebhookRelay
 from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
 from daemon.core.activation import Policy
+from daemon.device_cache import DeviceCache
 from daemon.metrics import Metrics
 from daemon.service import Service
 from daemon.store.repository import Store
@@ -157,7 +158,8 @@ class App:
 
         s = self.settings
         post = _PostCommit()
-        service = Service(store, policy_from(s), self.clock, self.metrics, post)
+        cache = DeviceCache(s.store.device_cache_seconds, s.store.device_cache_entries)
+        service = Service(store, policy_from(s), self.clock, self.metrics, post, cache)
         self.service = service
         await service.load_plans([p.to_plan() for p in s.plans])
         requeued = await store.requeue_all_sent_tasks()
@@ -231,6 +233,7 @@ class App:
                                 service.run_timers, s.verification.timer_interval_seconds
                             )
                             inner.start_soon(acs.run_sweeper)
+                            inner.start_soon(service.run_flusher, s.store.sighting_flush_seconds)
                             inner.start_soon(requester.run)
                             if relay is not None:
                                 inner.start_soon(relay.run)
@@ -261,6 +264,7 @@ class App:
                 for srv in self._servers:
                     srv.should_exit = True
                 background.cancel()
+            await service.flush_sightings()  # the last batch of last_seen times
 
     async def _watchdog(self) -> None:
         assert self.notifier.watchdog_interval
@@ -278,6 +282,7 @@ def _server(app: Any) -> uvicorn.Server:
         http="httptools",
         timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,  # not behind a proxy by default; saves a middleware per request
     )
     return uvicorn.Server(config)
 

@@ -35,6 +35,12 @@ class _Section(BaseModel):
 class StoreSettings(_Section):
     url: str = "sqlite+aiosqlite:///var/lib/turnup/turnup.db"
     pool_size: int = Field(10, ge=1, le=200)
+    # Routine sightings (nothing to decide) write last_seen in one batch this often.
+    sighting_flush_seconds: float = Field(1.0, gt=0, le=60)
+    # How long this daemon trusts what it knows about a device between
+    # transactions; bounds staleness when several daemons share PostgreSQL.
+    device_cache_seconds: float = Field(300.0, ge=0)
+    device_cache_entries: int = Field(200_000, ge=0)
 
     @field_validator("url")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +22,7 @@ from daemon.core.activation import (
     Outcome,
     Policy,
     apply,
+    is_routine,
     on_device_seen,
     on_order_placed,
 )
@@ -30,16 +31,20 @@ from daemon.core.events import (
     DeviceSeen,
     EmitWebhook,
     OrderEvent,
+    PushConfiguration,
+    ReadThroughputResult,
     RequestConnection,
     RetryRequested,
+    StartThroughputTest,
     ThroughputMeasured,
     TimerDue,
 )
 from daemon.core.identity import Location, normalize_serial
 from daemon.core.orders import Device, NetworkType, Order, OrderState, TimelineStep
 from daemon.core.plans import Plan
+from daemon.device_cache import DeviceCache
 from daemon.metrics import Metrics
-from daemon.store.repository import Store, StoreConflict, Tx
+from daemon.store.repository import Store, StoreConflict, Task, Tx
 
 log = structlog.get_logger("turnup.service")
 T = TypeVar("T")
@@ -72,6 +77,16 @@ class IdempotencyConflict(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """A device task taken from the queue and marked sent, with what building
+    its RPC needs (the order and device, for a configure task)."""
+
+    task: Task
+    order: Order | None = None
+    device: Device | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OrderRequest:
     id: str
     account_id: str
@@ -90,8 +105,10 @@ class Service:
         clock: Clock,
         metrics: Metrics,
         post_commit: PostCommit | None = None,
+        cache: DeviceCache | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache or DeviceCache(ttl=300.0, max_entries=200_000)
         self.policy = policy
         self.clock = clock
         self.metrics = metrics
@@ -206,7 +223,17 @@ class Service:
     # ---- devices ----------------------------------------------------------
 
     async def device_seen(self, seen: DeviceSeen) -> Device:
-        async def run(tx: Tx) -> tuple[Outcome, list[RequestConnection], str]:
+        known = self.cache.get(seen.serial, self.clock.monotonic())
+        if known is not None:
+            now = self.clock.now()
+            if is_routine(seen, known.device, known.order_state, now):
+                # Nothing to decide: answer from memory, batch the last_seen write.
+                known.device = replace(known.device, last_seen=now, source=seen.source)
+                self.cache.touch(known.device)
+                self.metrics.devices_seen.labels(seen.source, "routine").inc()
+                return known.device
+
+        async def run(tx: Tx) -> tuple[Outcome, list[RequestConnection], str, OrderState | None]:
             device = await tx.get_device(seen.serial, for_update=True)
             bound = None
             if device is not None and device.order_id:
@@ -219,11 +246,12 @@ class Service:
             actions = await tx.apply_outcome(outcome, now)
             assert outcome.device is not None
             label = outcome.device.status.value if outcome.orders or bound is None else "bound"
-            return outcome, actions, label
+            state = bound.state if bound is not None else None
+            return outcome, actions, label, state
 
-        outcome, actions, label = await self._transaction(run)
+        outcome, actions, label, bound_state = await self._transaction(run)
         self.metrics.devices_seen.labels(seen.source, label).inc()
-        self._after(outcome, actions)
+        self._after(outcome, actions, bound_state)
         assert outcome.device is not None
         return outcome.device
 
@@ -239,8 +267,104 @@ class Service:
             task_id = await tx.add_task(
                 serial, None, "rpc", {"method": method, "args": args}, self.clock.now()
             )
+        self.cache.mark_busy(serial)
         self.post_commit.request_connection(serial)
         return task_id
+
+    # ---- the device work queue (the ACS drains it) ------------------------
+
+    async def claim_work(self, serial: str) -> Claimed | None:
+        """The device's next queued task, marked sent; None when there is none."""
+        if self.cache.is_idle(serial, self.clock.monotonic()):
+            return None
+        token = self.cache.work_token(serial)
+
+        async def run(tx: Tx) -> Claimed | None:
+            return await self._claim(tx, serial)
+
+        claimed = await self._transaction(run)
+        if claimed is None:
+            self.cache.mark_idle(serial, token)
+        return claimed
+
+    async def finish_work(
+        self,
+        task: Task,
+        state: str,
+        *,
+        result: dict[str, Any] | None = None,
+        fault: str | None = None,
+        event: OrderEvent | None = None,
+    ) -> Claimed | None:
+        """One transaction: close `task`, apply what its answer means for the
+        order, and claim the device's next task."""
+        token = self.cache.work_token(task.serial)
+
+        async def run(
+            tx: Tx,
+        ) -> tuple[Claimed | None, Outcome | None, Plan | None, list[RequestConnection]]:
+            now = self.clock.now()
+            await tx.finish_task(task.id, state, now, result=result, fault=fault)
+            outcome: Outcome | None = None
+            plan: Plan | None = None
+            actions: list[RequestConnection] = []
+            order = await tx.get_order(event.order_id, for_update=True) if event else None
+            if event is not None and order is not None:
+                plan = self.plan(order.plan_id)
+                device = await tx.get_device(order.device_serial) if order.device_serial else None
+                outcome = apply(order, event, plan, device, self.policy, now)
+                actions = await tx.apply_outcome(outcome, now)
+            return await self._claim(tx, task.serial), outcome, plan, actions
+
+        claimed, outcome, plan, actions = await self._transaction(run)
+        if outcome is not None:
+            self._after(outcome, actions)
+            if isinstance(event, ThroughputMeasured) and plan is not None:
+                self._count_throughput(event, plan)
+        if claimed is None:
+            self.cache.mark_idle(task.serial, token)
+        return claimed
+
+    async def requeue_sent(self, serial: str) -> int:
+        """Work sent in a session that died goes back to the queue."""
+        async with self.store.transaction() as tx:
+            count = await tx.requeue_sent_tasks(serial)
+        self.cache.mark_busy(serial)
+        return count
+
+    async def _claim(self, tx: Tx, serial: str) -> Claimed | None:
+        task = await tx.next_task(serial)
+        if task is None:
+            return None
+        await tx.mark_task_sent(task.id, self.clock.now())
+        if task.kind != "configure" or not task.order_id:
+            return Claimed(task)
+        order = await tx.get_order(task.order_id)
+        device = await tx.get_device(serial)
+        return Claimed(task, order, device)
+
+    # ---- batched last_seen --------------------------------------------------
+
+    async def flush_sightings(self) -> int:
+        touched = self.cache.take_touched()
+        if not touched:
+            return 0
+        try:
+            async with self.store.transaction() as tx:
+                await tx.touch_devices(touched)
+        except BaseException:
+            self.cache.restore_touched(touched)  # nothing lost: next flush tries again
+            raise
+        return len(touched)
+
+    async def run_flusher(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_sightings()
+            except Exception:
+                log.exception("flush_sightings_failed")
+                self.metrics.internal_errors.labels("service").inc()
 
     # ---- timers -----------------------------------------------------------
 
@@ -293,9 +417,15 @@ class Service:
                 await asyncio.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _after(self, outcome: Outcome, actions: list[RequestConnection]) -> None:
+    def _after(
+        self,
+        outcome: Outcome,
+        actions: list[RequestConnection],
+        bound_state: OrderState | None = None,
+    ) -> None:
         """After the commit (never inside it: a retried transaction must not
         count twice, and the relay must find the row it is woken for)."""
+        self._refresh_cache(outcome, bound_state)
         for action in actions:
             self.post_commit.request_connection(action.serial)
         if any(isinstance(effect, EmitWebhook) for effect in outcome.effects):
@@ -319,6 +449,19 @@ class Service:
                 self.metrics.activations.labels("test_failed").inc()
             elif state in (OrderState.FAILED, OrderState.WRONG_LOCATION, OrderState.CANCELLED):
                 self.metrics.activations.labels(state.value).inc()
+
+    def _refresh_cache(self, outcome: Outcome, bound_state: OrderState | None) -> None:
+        mono = self.clock.monotonic()
+        for order in outcome.orders:
+            if order.device_serial:
+                self.cache.order_state(order.device_serial, order.state)
+        if outcome.device is not None:
+            dev = outcome.device
+            state = next((o.state for o in outcome.orders if o.id == dev.order_id), bound_state)
+            self.cache.remember(dev, state if dev.order_id else None, mono)
+        for effect in outcome.effects:
+            if isinstance(effect, PushConfiguration | StartThroughputTest | ReadThroughputResult):
+                self.cache.mark_busy(effect.serial)
 
     def _count_throughput(self, event: ThroughputMeasured, plan: Plan) -> None:
         result = event.result

@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from emulators.cpe import DeviceSpec, EmulatedCpe, Location, OnEvent
@@ -147,9 +147,9 @@ class _CrProtocol(asyncio.Protocol):
         self.skip = 0  # request body bytes still to discard
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.fleet._cr_conns.add(transport)
+        # uvloop's transports are not asyncio.Transport subclasses; duck-typed is fine.
+        self.transport = cast(asyncio.Transport, transport)
+        self.fleet._cr_conns.add(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:

@@ -600,3 +600,25 @@ def location_of(values: Mapping[str, str | None]) -> Location:
         onu_id=onu_id,
         circuit_id=values.get("circuit_id") or None,
     )
+
+
+def is_routine(
+    seen: DeviceSeen, device: Device, order_state: OrderState | None, now: datetime
+) -> bool:
+    """Whether `on_device_seen` would change nothing but `last_seen`/`source`.
+
+    Such sightings (a periodic Inform from a settled device) need no decision
+    and no transaction; the caller batches the `last_seen` update. An unmatched
+    device is not re-matched here: a new order looks for known devices itself
+    (`on_order_placed`).
+    """
+    if seen.diagnostics_complete or seen.serial != device.serial:
+        return False
+    merged = _merge_device(device, seen, now)
+    if replace(merged, last_seen=device.last_seen, source=device.source) != device:
+        return False
+    if device.status is DeviceStatus.BOUND:
+        return order_state is not None and order_state not in (S.CANCELLED, S.PENDING)
+    if device.status is DeviceStatus.UNMATCHED:
+        return device.reported_unmatched
+    return device.status is DeviceStatus.HELD

@@ -499,6 +499,25 @@ class Tx:
         update = {k: stmt.excluded[k] for k in values if k != "serial"}
         await self._conn.execute(stmt.on_conflict_do_update(index_elements=["serial"], set_=update))
 
+    async def touch_devices(self, touched: Mapping[str, tuple[datetime, str]]) -> None:
+        """Batched `last_seen`/`source` for devices seen with nothing to decide
+        (one executemany; never moves `last_seen` backwards)."""
+        if not touched:
+            return
+        stmt = (
+            devices.update()
+            .where(devices.c.serial == sa.bindparam("b_serial"))
+            .where(devices.c.last_seen < sa.bindparam("b_seen"))
+            .values(last_seen=sa.bindparam("b_seen"), source=sa.bindparam("b_source"))
+        )
+        await self._conn.execute(
+            stmt,
+            [
+                {"b_serial": serial, "b_seen": seen, "b_source": source}
+                for serial, (seen, source) in touched.items()
+            ],
+        )
+
     async def list_devices(self, status: str | None, limit: int, after: str | None) -> list[Device]:
         stmt = sa.select(devices)
         if status is not None:
@@ -542,6 +561,21 @@ class Tx:
                 serial=note.serial,
                 detail=dict(note.detail),
             )
+        )
+
+    async def add_notes(self, notes: Sequence[Note]) -> None:
+        await self._conn.execute(
+            events.insert(),
+            [
+                {
+                    "at": n.at,
+                    "kind": n.kind,
+                    "order_id": n.order_id,
+                    "serial": n.serial,
+                    "detail": dict(n.detail),
+                }
+                for n in notes
+            ],
         )
 
     async def list_events(
@@ -685,19 +719,22 @@ class Tx:
         checked); orders not stored yet are inserted with `new_order_hash`. Returns
         the connection requests to send once the transaction has committed."""
         for order in outcome.orders:
-            if await self.get_order_hash(order.id) is not None:
-                await self.update_order(order)
-            elif new_order_hash is None:
-                raise ValueError(f"order {order.id} is new: apply_outcome needs new_order_hash")
-            else:
+            # A new order is at version 0 and comes with its request hash; every
+            # other order is updated (version checked), never inserted by accident.
+            if new_order_hash is not None and order.version == 0:
                 await self.insert_order(order, new_order_hash)
+            else:
+                await self.update_order(order)
         if outcome.device is not None:
             await self.save_device(outcome.device)
         connect: list[RequestConnection] = []
+        notes = [e for e in outcome.effects if isinstance(e, Note)]
+        if notes:
+            await self.add_notes(notes)
         for effect in outcome.effects:
             match effect:
                 case Note():
-                    await self.add_note(effect)
+                    pass  # written above in one statement
                 case EmitWebhook(event_type=event_type, data=data):
                     await self.add_outbox(event_type, data, now)
                 case PushConfiguration(order_id=order_id, serial=serial):

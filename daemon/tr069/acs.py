@@ -31,13 +31,14 @@ from daemon.core.events import (
     ConfigApplied,
     ConfigFaulted,
     DeviceSeen,
+    OrderEvent,
     TestFaulted,
     ThroughputMeasured,
 )
 from daemon.core.identity import InvalidSerial, parse_serial, serial_match_key
 from daemon.core.throughput import compute_throughput
 from daemon.metrics import Metrics
-from daemon.service import OrderNotFound, Service
+from daemon.service import Claimed, Service
 from daemon.store.repository import Store, Task
 from daemon.tr069 import codec
 from daemon.tr069.auth import DigestAuthenticator, parse_basic
@@ -122,6 +123,8 @@ class Acs:
         self.by_conn: dict[tuple[str, int], AcsSession] = {}
         self.by_serial: dict[str, AcsSession] = {}
         self._orphans: list[str] = []  # serials whose in-flight task must be requeued
+        self._challenge_second = -1  # the Digest challenge is reused within one second
+        self._challenge_value = b""
 
     # ---- ASGI entry -------------------------------------------------------
 
@@ -158,6 +161,14 @@ class Acs:
         self, scope: Scope, body: bytes
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         now = self.clock.monotonic()
+        if (
+            not self.settings.trust_management_network
+            and not _header(scope, b"authorization")
+            and self._find(scope) is None
+        ):
+            # A new session without credentials (what CPEs send first): challenge
+            # before spending a parse on a body we would not act on anyway.
+            return self._challenge()
         envelope: Envelope | None = None
         if body.strip():
             try:
@@ -205,8 +216,8 @@ class Acs:
             case EmptyPost():
                 return await self._next_rpc(session)
             case ResponseReceived(response=response):
-                await self._on_response(session, response)
-                return await self._next_rpc(session)
+                claimed = await self._on_response(session, response)
+                return await self._next_rpc(session, claimed, first=False)
         raise AssertionError(f"unhandled {received!r}")
 
     # ---- Inform -----------------------------------------------------------
@@ -314,8 +325,17 @@ class Acs:
     def _challenge(self, stale: bool = False) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         headers: list[tuple[bytes, bytes]] = []
         if self.settings.auth in ("digest", "any"):
-            value = self.digest.challenge(self.clock.monotonic(), stale=stale)
-            headers.append((b"www-authenticate", value.encode()))
+            now = self.clock.monotonic()
+            # One nonce per second is plenty (RFC 7616 leaves nonce reuse to the
+            # server; ours carry their issue time and expire after nonce_ttl).
+            if stale or int(now) != self._challenge_second:
+                value = self.digest.challenge(now, stale=stale).encode()
+                if stale:
+                    headers.append((b"www-authenticate", value))
+                else:
+                    self._challenge_second, self._challenge_value = int(now), value
+            if not stale:
+                headers.append((b"www-authenticate", self._challenge_value))
         if self.settings.auth in ("basic", "any"):
             headers.append((b"www-authenticate", f'Basic realm="{self.settings.realm}"'.encode()))
         return 401, b"authentication required\n", headers
@@ -358,39 +378,47 @@ class Acs:
 
     # ---- ACS RPCs ---------------------------------------------------------
 
-    async def _next_rpc(self, session: AcsSession) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        while True:
-            async with self.store.read() as tx:
-                task = await tx.next_task(session.serial)
-            if task is None:
-                session.cwmp.end()
-                self._finish(session, "ok")
-                return 204, b"", self._session_headers(session)
+    async def _next_rpc(
+        self, session: AcsSession, claimed: Claimed | None = None, first: bool = True
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """Send the device's next task as one RPC, or end the session (204).
+
+        `claimed` is a task already taken by the transaction that closed the
+        previous one; on an empty POST the queue is asked here."""
+        if first and claimed is None:
+            claimed = await self.service.claim_work(session.serial)
+        while claimed is not None:
+            task = claimed.task
             try:
-                request = await self._rpc_for(session, task)
+                request = self._rpc_for(session, claimed)
             except Exception as exc:  # a task we cannot turn into an RPC: record, skip
+                reason = f"cannot build RPC: {exc}"
                 log.warning("task_unusable", serial=session.serial, task=task.id, error=str(exc))
-                await self._finish_task(task, "faulted", fault=f"cannot build RPC: {exc}")
-                await self._task_failed(task, f"cannot build RPC: {exc}")
+                claimed = await self.service.finish_work(
+                    task, "faulted", fault=reason, event=_failure_event(task, reason)
+                )
                 continue
-            if request is None:  # nothing to send for this task (e.g. empty configuration)
-                await self._finish_task(task, "done", result={"skipped": "nothing to set"})
-                await self._task_succeeded(session, task, None)
+            if request is None:  # nothing to send for this task (an empty configuration)
+                event = ConfigApplied(task.order_id) if task.order_id else None
+                claimed = await self.service.finish_work(
+                    task, "done", result={"skipped": "nothing to set"}, event=event
+                )
                 continue
-            async with self.store.transaction() as tx:
-                await tx.mark_task_sent(task.id, self.clock.now())
             session.task = task
             envelope = session.cwmp.send_rpc(request, str(task.id))
             self.metrics.cwmp_rpcs.labels(type(request).__name__).inc()
             return 200, codec.encode(envelope), self._session_headers(session)
+        session.cwmp.end()
+        self._finish(session, "ok")
+        return 204, b"", self._session_headers(session)
 
-    async def _rpc_for(self, session: AcsSession, task: Task) -> Message | None:
+    def _rpc_for(self, session: AcsSession, claimed: Claimed) -> Message | None:
         profile = session.profile
         assert profile is not None
+        task = claimed.task
         kind = task.kind
         if kind == "configure":
-            context = await self._config_context(task)
-            params = profile.render_configuration(context)
+            params = profile.render_configuration(self._config_context(claimed))
             if not params:
                 return None
             return codec.SetParameterValues(params, f"turnup-{task.order_id}"[:32])
@@ -408,13 +436,11 @@ class Acs:
             return rpc_from_payload(task.payload)
         raise ValueError(f"unknown task kind {kind!r}")
 
-    async def _config_context(self, task: Task) -> dict[str, Any]:
-        if not task.order_id:
-            raise ValueError("configure task without an order")
-        order = await self.service.get_order(task.order_id)
+    def _config_context(self, claimed: Claimed) -> dict[str, Any]:
+        order, device = claimed.order, claimed.device
+        if order is None:
+            raise ValueError("configure task without its order")
         plan = self.service.plan(order.plan_id)
-        async with self.store.read() as tx:
-            device = await tx.get_device(task.serial)
         s = self.settings
         return {
             "plan": plan.as_dict(),
@@ -430,13 +456,15 @@ class Acs:
                 "connection_request_username": s.connection_request_username,
                 "connection_request_password": s.connection_request_password,
             },
-            "device": device.describe() if device else {"serial": task.serial},
+            "device": device.describe() if device else {"serial": claimed.task.serial},
         }
 
-    async def _on_response(self, session: AcsSession, response: Message) -> None:
+    async def _on_response(self, session: AcsSession, response: Message) -> Claimed | None:
+        """Close the task this response answers (one transaction with what it
+        means for the order) and return the next task already claimed."""
         task, session.task = session.task, None
         if task is None:
-            return
+            return await self.service.claim_work(session.serial)
         if isinstance(response, Fault):
             self.metrics.cwmp_faults.labels("from_cpe", str(response.code)).inc()
             detail = f"CWMP fault {response.code} {response.string}".strip()
@@ -444,9 +472,9 @@ class Acs:
                 detail += ": " + ", ".join(
                     f"{f.name} ({f.code} {f.string})".strip() for f in response.set_parameter_faults
                 )
-            await self._finish_task(task, "faulted", fault=detail)
-            await self._task_failed(task, detail)
-            return
+            return await self.service.finish_work(
+                task, "faulted", fault=detail, event=_failure_event(task, detail)
+            )
         result: dict[str, Any] = {"response": type(response).__name__}
         if isinstance(response, codec.GetParameterValuesResponse):
             result["parameters"] = {p.name: p.value for p in response.parameters}
@@ -457,54 +485,28 @@ class Acs:
         status = getattr(response, "status", None)
         if status is not None:
             result["status"] = status
-        await self._finish_task(task, "done", result=result)
-        await self._task_succeeded(session, task, response)
+        return await self.service.finish_work(
+            task, "done", result=result, event=self._success_event(session, task, response)
+        )
 
-    async def _task_succeeded(
-        self, session: AcsSession, task: Task, response: Message | None
-    ) -> None:
+    def _success_event(
+        self, session: AcsSession, task: Task, response: Message
+    ) -> OrderEvent | None:
         if not task.order_id:
-            return
-        try:
-            if task.kind == "configure":
-                await self.service.order_event(task.order_id, ConfigApplied(task.order_id))
-            elif task.kind in ("read_download", "read_upload"):
-                direction = task.kind.split("_", 1)[1]
-                assert session.profile is not None
-                params = (
-                    response.parameters
-                    if isinstance(response, codec.GetParameterValuesResponse)
-                    else ()
-                )
-                values = session.profile.diagnostics_values(direction, params)
-                result = compute_throughput(direction, values)
-                await self.service.order_event(
-                    task.order_id, ThroughputMeasured(task.order_id, result)
-                )
-        except OrderNotFound:
-            log.warning("task_for_missing_order", task=task.id, order_id=task.order_id)
-
-    async def _task_failed(self, task: Task, reason: str) -> None:
-        if not task.order_id:
-            return
-        try:
-            if task.kind == "configure":
-                await self.service.order_event(task.order_id, ConfigFaulted(task.order_id, reason))
-            elif task.kind != "rpc":
-                await self.service.order_event(task.order_id, TestFaulted(task.order_id, reason))
-        except OrderNotFound:
-            log.warning("task_for_missing_order", task=task.id, order_id=task.order_id)
-
-    async def _finish_task(
-        self,
-        task: Task,
-        state: str,
-        *,
-        result: dict[str, Any] | None = None,
-        fault: str | None = None,
-    ) -> None:
-        async with self.store.transaction() as tx:
-            await tx.finish_task(task.id, state, self.clock.now(), result=result, fault=fault)
+            return None
+        if task.kind == "configure":
+            return ConfigApplied(task.order_id)
+        if task.kind in ("read_download", "read_upload"):
+            direction = task.kind.split("_", 1)[1]
+            assert session.profile is not None
+            params = (
+                response.parameters
+                if isinstance(response, codec.GetParameterValuesResponse)
+                else ()
+            )
+            values = session.profile.diagnostics_values(direction, params)
+            return ThroughputMeasured(task.order_id, compute_throughput(direction, values))
+        return None  # the diagnostics request was accepted: the CPE reports back later
 
     # ---- sessions ---------------------------------------------------------
 
@@ -578,8 +580,7 @@ class Acs:
         self._forget(session)
         if session.task is not None and session.serial:
             session.task = None
-            async with self.store.transaction() as tx:
-                await tx.requeue_sent_tasks(session.serial)
+            await self.service.requeue_sent(session.serial)
         log.info("cwmp_session_aborted", serial=session.serial or None, reason=why)
 
     def _fault_reply(
@@ -598,8 +599,7 @@ class Acs:
             await self._abandon(session, "idle timeout", result="timeout")
         orphans, self._orphans = self._orphans, []
         for serial in orphans:
-            async with self.store.transaction() as tx:
-                await tx.requeue_sent_tasks(serial)
+            await self.service.requeue_sent(serial)
         return len(expired)
 
     async def run_sweeper(self, interval: float = 1.0) -> None:
@@ -613,6 +613,14 @@ class Acs:
 
 
 # ---- RPCs from the API's task payloads -----------------------------------
+
+
+def _failure_event(task: Task, reason: str) -> OrderEvent | None:
+    if not task.order_id or task.kind == "rpc":
+        return None
+    if task.kind == "configure":
+        return ConfigFaulted(task.order_id, reason)
+    return TestFaulted(task.order_id, reason)
 
 
 def rpc_from_payload(payload: dict[str, Any]) -> Message:

@@ -483,7 +483,8 @@ def _seen(serial: str = "ALCL1A2B3C4D", **kw: Any) -> DeviceSeen:
 async def test_unmatched_device_then_order_binds_it(api: Api) -> None:
     await api.service.device_seen(_seen())
     api.clock.advance(90)
-    await api.service.device_seen(_seen())
+    await api.service.device_seen(_seen())  # routine: last_seen is batched ...
+    assert await api.service.flush_sightings() == 1  # ... and written by the flusher
 
     page = (await api.get("/v1/devices", params={"status": "unmatched"})).json()
     assert [d["serial"] for d in page["items"]] == ["ALCL1A2B3C4D"]

@@ -594,7 +594,7 @@ async def test_apply_outcome_inserts_a_new_order_with_its_hash(store: Store) -> 
     async with store.transaction() as tx:
         candidates = await tx.candidate_devices(order)
         outcome = on_order_placed(order, candidates, {PLAN.id: PLAN}, Policy(), T0)
-        with pytest.raises(ValueError):
+        with pytest.raises(StoreConflict):  # without its hash it is no new order: no such row
             await tx.apply_outcome(outcome, T0)
         connect = await tx.apply_outcome(outcome, T0, new_order_hash="body-hash")
     assert connect == [RequestConnection("ZTEG0000ABCD")]
