@@ -350,8 +350,7 @@ class Service:
         if not touched:
             return 0
         try:
-            async with self.store.transaction() as tx:
-                await tx.touch_devices(touched)
+            await self.store.run_transaction(lambda tx: tx.touch_devices(touched))
         except BaseException:
             self.cache.restore_touched(touched)  # nothing lost: next flush tries again
             raise
@@ -409,8 +408,7 @@ class Service:
     async def _transaction(self, fn: Callable[[Tx], Awaitable[T]], attempts: int = 5) -> T:
         for attempt in range(attempts):
             try:
-                async with self.store.transaction() as tx:
-                    return await fn(tx)
+                return await self.store.run_transaction(fn)
             except StoreConflict:
                 if attempt == attempts - 1:
                     raise

@@ -59,7 +59,7 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # Autocommit at the driver; `_sqlite_begin` opens every transaction itself.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -70,7 +70,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
-def _sqlite_begin(connection: Connection) -> None:
+def sqlite_begin(connection: Connection) -> None:
     mode = connection.get_execution_options().get(BEGIN_MODE, "DEFERRED")
     if mode not in ("DEFERRED", "IMMEDIATE"):
         raise ValueError(f"bad {BEGIN_MODE} {mode!r}")
@@ -91,8 +91,8 @@ def create_engine_for(url: str, *, pool_size: int = 10) -> AsyncEngine:
             if parsed.database and not parsed.database.startswith("file:"):
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(parsed, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin)
+        event.listen(engine.sync_engine, "connect", sqlite_connect)
+        event.listen(engine.sync_engine, "begin", sqlite_begin)
         return engine
     kwargs["pool_size"] = pool_size
     return create_async_engine(parsed, **kwargs)

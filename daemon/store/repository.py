@@ -24,16 +24,16 @@ All times are aware UTC in and out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import RowMapping
+from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from daemon.billing_hook.outbox import OutboxMessage, new_message_id
@@ -70,6 +70,7 @@ from daemon.store.schema import (
     plans,
     webhook_endpoint,
 )
+from daemon.store.sqlite_writer import SqliteWriter
 
 TASK_KINDS = frozenset(
     {
@@ -132,6 +133,8 @@ class OutboxRow:
     last_status: int | None
     delivered_at: datetime | None
 
+
+T = TypeVar("T")
 
 # ---- row <-> dataclass --------------------------------------------------------
 
@@ -762,15 +765,24 @@ class Tx:
 # ---- the store ------------------------------------------------------------------
 
 
+def _memory_url(url: str) -> bool:
+    parsed = make_url(url)
+    return not parsed.database or parsed.database == ":memory:" or "mode=memory" in url
+
+
 class Store:
     """The database: transactions for the daemon, and the relay's `OutboxStore`."""
 
     outbox_lease = timedelta(seconds=60)  # a claimed message is retried after this
 
-    def __init__(self, engine: AsyncEngine, backend: str) -> None:
+    def __init__(self, engine: AsyncEngine, backend: str, url: str | None = None) -> None:
         self._engine = engine
         self._backend = backend
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if backend == "sqlite" else None
+        # SQLite on a file: whole write transactions in one thread (see sqlite_writer).
+        self._writer: SqliteWriter | None = None
+        if backend == "sqlite" and url is not None and not _memory_url(url):
+            self._writer = SqliteWriter(url)
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, pool_size: int = 10) -> Store:
@@ -782,9 +794,12 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, backend)
+        return cls(engine, backend, url)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
+            self._writer = None
         await self._engine.dispose()
 
     @property
@@ -794,6 +809,17 @@ class Store:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    async def run_transaction(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """`fn(tx)` as one write transaction (commit when it returns, rollback when
+        it raises). On SQLite the whole function runs in the writer thread, so
+        it must only await `tx` (no sockets, no other tasks' events)."""
+        if self._writer is None or self._write_lock is None:
+            async with self.transaction() as tx:
+                return await fn(tx)
+        backend = self._backend
+        async with self._write_lock:
+            return await self._writer.run(fn, lambda conn: Tx(conn, backend))
 
     def transaction(self) -> AbstractAsyncContextManager[Tx]:
         """One write transaction: commit on exit, rollback on an exception."""
