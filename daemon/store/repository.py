@@ -337,6 +337,52 @@ def _keyset(
     return stmt.order_by(key).limit(max(limit, 0))
 
 
+# ---- prebuilt statements for the hot paths --------------------------------------
+# Building a statement costs more than SQLite takes to run it (coercions, column
+# proxies for `excluded`, cache keys): the hot ones are built once, with bind
+# parameters, and reused.
+
+_B = sa.bindparam
+_GET_DEVICE = sa.select(devices).where(devices.c.serial == _B("b_serial"))
+_GET_ORDER = sa.select(orders).where(orders.c.id == _B("b_id"))
+_ORDER_COLUMNS = [c.name for c in orders.c if c.name not in ("id", "created_at", "request_hash")]
+_UPDATE_ORDER = (
+    orders.update()
+    .where(orders.c.id == _B("b_id"), orders.c.version == _B("b_version"))
+    .values({name: _B(f"v_{name}") for name in _ORDER_COLUMNS})
+)
+_NEXT_TASK = (
+    sa.select(device_tasks)
+    .where(device_tasks.c.serial == _B("b_serial"), device_tasks.c.state == "queued")
+    .order_by(device_tasks.c.id)
+    .limit(1)
+)
+_MARK_SENT = (
+    device_tasks.update()
+    .where(device_tasks.c.id == _B("b_id"))
+    .values(state="sent", sent_at=_B("b_at"))
+)
+_FINISH_TASK = (
+    device_tasks.update()
+    .where(device_tasks.c.id == _B("b_id"))
+    .values(state=_B("b_state"), finished_at=_B("b_at"), result=_B("b_result"), fault=_B("b_fault"))
+)
+_ADD_TASK = device_tasks.insert().returning(device_tasks.c.id)
+_ADD_OUTBOX = outbox.insert()
+_UPSERT_DEVICE: dict[bool, Any] = {}
+
+
+def _upsert_device(pg: bool) -> Any:
+    stmt = _UPSERT_DEVICE.get(pg)
+    if stmt is None:
+        base = pg_dialect.insert(devices) if pg else sqlite_dialect.insert(devices)
+        update = {c.name: base.excluded[c.name] for c in devices.c if c.name != "serial"}
+        stmt = _UPSERT_DEVICE[pg] = base.on_conflict_do_update(
+            index_elements=["serial"], set_=update
+        )
+    return stmt
+
+
 # ---- one transaction ------------------------------------------------------------
 
 
@@ -399,8 +445,8 @@ class Tx:
     # -- orders -------------------------------------------------------------------
 
     async def get_order(self, order_id: str, *, for_update: bool = False) -> Order | None:
-        stmt = self._locked(sa.select(orders).where(orders.c.id == order_id), for_update)
-        row = await self._row(stmt)
+        stmt = _GET_ORDER.with_for_update() if for_update and self._lock_rows else _GET_ORDER
+        row = (await self._conn.execute(stmt, {"b_id": order_id})).mappings().first()
         return _order(row) if row else None
 
     async def get_order_hash(self, order_id: str) -> str | None:
@@ -422,14 +468,11 @@ class Tx:
     async def update_order(self, order: Order) -> Order:
         """Write `order` if the row is still at `order.version`; returns it at the new version."""
         values = _order_values(order)
-        del values["id"], values["created_at"]
         values["version"] = order.version + 1
-        stmt = (
-            orders.update()
-            .where(orders.c.id == order.id, orders.c.version == order.version)
-            .values(values)
-        )
-        if await self._rowcount(stmt) != 1:
+        params = {f"v_{name}": values[name] for name in _ORDER_COLUMNS}
+        params["b_id"], params["b_version"] = order.id, order.version
+        result = await self._conn.execute(_UPDATE_ORDER, params)
+        if int(getattr(result, "rowcount", 0)) != 1:
             raise StoreConflict(f"order {order.id} changed since version {order.version}")
         return replace(order, version=order.version + 1)
 
@@ -492,15 +535,12 @@ class Tx:
     # -- devices ------------------------------------------------------------------
 
     async def get_device(self, serial: str, *, for_update: bool = False) -> Device | None:
-        stmt = self._locked(sa.select(devices).where(devices.c.serial == serial), for_update)
-        row = await self._row(stmt)
+        stmt = _GET_DEVICE.with_for_update() if for_update and self._lock_rows else _GET_DEVICE
+        row = (await self._conn.execute(stmt, {"b_serial": serial})).mappings().first()
         return _device(row) if row else None
 
     async def save_device(self, device: Device) -> None:
-        values = _device_values(device)
-        stmt = self._insert(devices).values(values)
-        update = {k: stmt.excluded[k] for k in values if k != "serial"}
-        await self._conn.execute(stmt.on_conflict_do_update(index_elements=["serial"], set_=update))
+        await self._conn.execute(_upsert_device(self._pg), _device_values(device))
 
     async def touch_devices(self, touched: Mapping[str, tuple[datetime, str]]) -> None:
         """Batched `last_seen`/`source` for devices seen with nothing to decide
@@ -607,36 +647,23 @@ class Tx:
     ) -> int:
         if kind not in TASK_KINDS:
             raise ValueError(f"unknown task kind {kind!r}")
-        stmt = (
-            device_tasks.insert()
-            .values(
-                serial=serial,
-                order_id=order_id,
-                kind=kind,
-                payload=dict(payload),
-                state="queued",
-                created_at=now,
-            )
-            .returning(device_tasks.c.id)
-        )
-        return int((await self._conn.execute(stmt)).scalar_one())
+        values = {
+            "serial": serial,
+            "order_id": order_id,
+            "kind": kind,
+            "payload": dict(payload),
+            "state": "queued",
+            "created_at": now,
+        }
+        return int((await self._conn.execute(_ADD_TASK, values)).scalar_one())
 
     async def next_task(self, serial: str) -> Task | None:
-        stmt = (
-            sa.select(device_tasks)
-            .where(device_tasks.c.serial == serial, device_tasks.c.state == "queued")
-            .order_by(device_tasks.c.id)
-            .limit(1)
-        )
-        row = await self._row(self._locked(stmt, True))
+        stmt = _NEXT_TASK.with_for_update() if self._lock_rows else _NEXT_TASK
+        row = (await self._conn.execute(stmt, {"b_serial": serial})).mappings().first()
         return _task(row) if row else None
 
     async def mark_task_sent(self, task_id: int, now: datetime) -> None:
-        await self._conn.execute(
-            device_tasks.update()
-            .where(device_tasks.c.id == task_id)
-            .values(state="sent", sent_at=now)
-        )
+        await self._conn.execute(_MARK_SENT, {"b_id": task_id, "b_at": now})
 
     async def finish_task(
         self,
@@ -651,14 +678,14 @@ class Tx:
                 f"a task finishes as one of {sorted(TASK_FINAL_STATES)}, not {state!r}"
             )
         await self._conn.execute(
-            device_tasks.update()
-            .where(device_tasks.c.id == task_id)
-            .values(
-                state=state,
-                finished_at=now,
-                result=dict(result) if result is not None else None,
-                fault=fault,
-            )
+            _FINISH_TASK,
+            {
+                "b_id": task_id,
+                "b_state": state,
+                "b_at": now,
+                "b_result": dict(result) if result is not None else None,
+                "b_fault": fault,
+            },
         )
 
     async def requeue_sent_tasks(self, serial: str) -> int:
@@ -701,15 +728,16 @@ class Tx:
     async def add_outbox(self, event_type: str, payload: dict[str, Any], now: datetime) -> str:
         message_id = new_message_id()
         await self._conn.execute(
-            outbox.insert().values(
-                id=message_id,
-                event_type=event_type,
-                payload=dict(payload),
-                created_at=now,
-                next_attempt_at=now,
-                attempts=0,
-                state="pending",
-            )
+            _ADD_OUTBOX,
+            {
+                "id": message_id,
+                "event_type": event_type,
+                "payload": dict(payload),
+                "created_at": now,
+                "next_attempt_at": now,
+                "attempts": 0,
+                "state": "pending",
+            },
         )
         return message_id
 
