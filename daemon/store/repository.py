@@ -890,7 +890,8 @@ class Store:
 
     async def claim_due(self, now: datetime, limit: int) -> list[OutboxMessage]:
         """Pending messages due by `now`, oldest first, leased for `outbox_lease`."""
-        async with self.transaction() as tx:
+
+        async def claim(tx: Tx) -> list[OutboxRow]:
             stmt = (
                 sa.select(outbox)
                 .where(outbox.c.state == "pending", outbox.c.next_attempt_at <= now)
@@ -906,6 +907,9 @@ class Store:
                     .where(outbox.c.id.in_([r.id for r in rows]))
                     .values(next_attempt_at=now + self.outbox_lease)
                 )
+            return rows
+
+        rows = await self.run_transaction(claim)
         return [
             OutboxMessage(
                 id=r.id,
@@ -920,12 +924,12 @@ class Store:
 
     async def _settle(self, message_id: str, **values: Any) -> None:
         # A message no longer pending (settled twice after a lease ran out) is left alone.
-        async with self.transaction() as tx:
-            await tx.connection.execute(
-                outbox.update()
-                .where(outbox.c.id == message_id, outbox.c.state == "pending")
-                .values(attempts=outbox.c.attempts + 1, **values)
-            )
+        stmt = (
+            outbox.update()
+            .where(outbox.c.id == message_id, outbox.c.state == "pending")
+            .values(attempts=outbox.c.attempts + 1, **values)
+        )
+        await self.run_transaction(lambda tx: tx.connection.execute(stmt))
 
     async def mark_delivered(self, message_id: str, now: datetime, status_code: int) -> None:
         await self._settle(message_id, state="delivered", delivered_at=now, last_status=status_code)
