@@ -713,6 +713,14 @@ async def phase_turnup(
             upload_bytes=UPLOAD_BYTES,
             plans=[dict(BENCH_PLAN)],
         )
+        # The daemon's production timers, not the tests' short ones: with 10,000
+        # devices queued at once a step may legitimately take over a minute, and a
+        # test-length deadline would re-push work that is only waiting its turn.
+        lab.verification = {
+            **lab.verification,
+            "step_timeout_seconds": 600.0,
+            "timer_interval_seconds": 1.0,
+        }
         receiver = BillingReceiver(lab.webhook_secret, on_receive=on_receive)
         lab.webhook_url = await stack.enter_async_context(running_receiver(receiver))
         running = await stack.enter_async_context(pinned_daemon(lab))
