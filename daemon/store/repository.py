@@ -484,31 +484,33 @@ class Tx:
 
     async def candidate_orders(self, serial: str, location: Location) -> list[Order]:
         """Open orders that may fit a device: same serial key, or (no expected
-        serial and) the same circuit-id or OLT + PON port. The core decides."""
-        fits: list[sa.ColumnElement[bool]] = []
+        serial and) the same circuit-id or OLT + PON port. The core decides.
+
+        One indexed SELECT per way to fit, not one OR'ed query: SQLite plans an
+        OR across columns as a scan of every open order, which made a mass
+        power-on quadratic."""
+        open_states = orders.c.state.in_([s.value for s in OPEN_STATES])
+        ways: list[sa.ColumnElement[bool]] = []
         key = match_key(serial)
         if key:
-            fits.append(orders.c.serial_key == key)
-        by_location: list[sa.ColumnElement[bool]] = []
+            ways.append(orders.c.serial_key == key)
+        no_serial = orders.c.expected_serial.is_(None)
         if location.circuit_id:
-            by_location.append(orders.c.circuit_id == location.circuit_id)
+            ways.append(sa.and_(orders.c.circuit_id == location.circuit_id, no_serial))
         if location.olt and location.pon_port:
-            by_location.append(
+            ways.append(
                 sa.and_(
-                    sa.func.lower(orders.c.olt) == location.olt.lower(),
                     orders.c.pon_port == location.pon_port,
+                    sa.func.lower(orders.c.olt) == location.olt.lower(),
+                    no_serial,
                 )
             )
-        if by_location:
-            fits.append(sa.and_(orders.c.expected_serial.is_(None), sa.or_(*by_location)))
-        if not fits:
-            return []
-        stmt = (
-            sa.select(orders)
-            .where(orders.c.state.in_([s.value for s in OPEN_STATES]), sa.or_(*fits))
-            .order_by(orders.c.id)
-        )
-        return [_order(r) for r in await self._rows(self._locked(stmt, True))]
+        found: dict[str, Order] = {}
+        for way in ways:
+            stmt = sa.select(orders).where(way, open_states)
+            for row in await self._rows(self._locked(stmt, True)):
+                found.setdefault(row["id"], _order(row))
+        return [found[k] for k in sorted(found)]
 
     async def orders_due(self, now: datetime, limit: int) -> list[Order]:
         """Live orders whose retry or deadline has come, the longest overdue first."""
@@ -569,29 +571,29 @@ class Tx:
 
     async def candidate_devices(self, order: Order) -> list[Device]:
         """Unbound devices that may fit a new order: same serial key, or the same
-        circuit-id or OLT + PON port. The core decides."""
-        fits: list[sa.ColumnElement[bool]] = []
+        circuit-id or OLT + PON port. The core decides. (One indexed SELECT per
+        way to fit, as in `candidate_orders`.)"""
+        unbound = devices.c.status != DeviceStatus.BOUND.value
+        ways: list[sa.ColumnElement[bool]] = []
         key = match_key(order.expected_serial)
         if key:
-            fits.append(devices.c.serial_key == key)
+            ways.append(devices.c.serial_key == key)
         loc = order.location
         if loc.circuit_id:
-            fits.append(devices.c.circuit_id == loc.circuit_id)
+            ways.append(devices.c.circuit_id == loc.circuit_id)
         if loc.olt and loc.pon_port:
-            fits.append(
+            ways.append(
                 sa.and_(
-                    sa.func.lower(devices.c.olt) == loc.olt.lower(),
                     devices.c.pon_port == loc.pon_port,
+                    sa.func.lower(devices.c.olt) == loc.olt.lower(),
                 )
             )
-        if not fits:
-            return []
-        stmt = (
-            sa.select(devices)
-            .where(devices.c.status != DeviceStatus.BOUND.value, sa.or_(*fits))
-            .order_by(devices.c.serial)
-        )
-        return [_device(r) for r in await self._rows(self._locked(stmt, True))]
+        found: dict[str, Device] = {}
+        for way in ways:
+            stmt = sa.select(devices).where(way, unbound)
+            for row in await self._rows(self._locked(stmt, True)):
+                found.setdefault(row["serial"], _device(row))
+        return [found[k] for k in sorted(found)]
 
     # -- events -------------------------------------------------------------------
 

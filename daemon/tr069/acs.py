@@ -20,7 +20,6 @@ import hmac
 import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 import structlog
@@ -528,13 +527,9 @@ class Acs:
     def _find(self, scope: Scope) -> AcsSession | None:
         cookie = _header(scope, b"cookie")
         if cookie:
-            try:
-                jar = SimpleCookie(cookie)
-            except CookieError:
-                jar = SimpleCookie()
-            morsel = jar.get(COOKIE)
-            if morsel is not None:
-                found = self.sessions.get(morsel.value)
+            key = _cookie_value(cookie, COOKIE)
+            if key is not None:
+                found = self.sessions.get(key)
                 if found is not None:
                     return found
         conn = _conn(scope)
@@ -668,6 +663,16 @@ def _header(scope: Scope, name: bytes) -> str:
         if key == name:
             return bytes(value).decode("latin-1")
     return ""
+
+
+def _cookie_value(header: str, name: str) -> str | None:
+    """One cookie's value from a Cookie header (RFC 6265 §5.4: `a=1; b=2`).
+    http.cookies.SimpleCookie costs ~20x more and rejects what sloppy CPEs send."""
+    for part in header.split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key.strip() == name:
+            return value.strip().strip('"')
+    return None
 
 
 def _conn(scope: Scope) -> tuple[str, int] | None:

@@ -61,11 +61,11 @@ def _schema_diff(connection: sa.Connection) -> list[Any]:
 async def test_migrations_fresh_rerun_and_match_schema(store_url: str) -> None:
     assert await current_revision(store_url) is None
     await upgrade(store_url)
-    assert await current_revision(store_url) == head_revision() == "0001"
+    assert await current_revision(store_url) == head_revision() == "0002"
     await upgrade(store_url)  # idempotent
     store = await Store.open(store_url)  # migrates again: a no-op
     await store.close()
-    assert await current_revision(store_url) == "0001"
+    assert await current_revision(store_url) == "0002"
 
     engine = create_engine_for(store_url, pool_size=1)
     try:
