@@ -312,6 +312,7 @@ class EmulatedCpe:
         http_timeout: float = 30.0,
         transfer_time_limit: float = 120.0,
         reboot_delay: float = 0.0,
+        remember_auth: bool = False,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
@@ -328,6 +329,10 @@ class EmulatedCpe:
         self.http_timeout = http_timeout
         self.transfer_time_limit = transfer_time_limit
         self.reboot_delay = reboot_delay
+        # Like many CPE stacks: keep the scheme (and a Digest nonce) from the last
+        # session and send credentials with the first request of the next one.
+        self.remember_auth = remember_auth
+        self._auth: ClientAuth | None = None
         self.wall = wall
         self.tree: dict[str, Param] = {}
         self.attributes: dict[str, int] = {}  # parameter -> Notification (0/1/2)
@@ -570,13 +575,23 @@ class EmulatedCpe:
             parse_url(url)
         except HttpError as exc:
             raise _SessionEnd(f"bad ACS URL: {exc}") from None
+        auth = ClientAuth(
+            self.tree[self._ms("Username")].value,
+            self.tree[self._ms("Password")].value,
+            self.spec.auth,
+        )
+        kept = self._auth
+        if (
+            self.remember_auth
+            and kept is not None
+            and (kept.username, kept.password, kept.scheme)
+            == (auth.username, auth.password, auth.scheme)
+        ):
+            auth = kept
+        self._auth = auth
         sess = _HttpSession(
             url,
-            ClientAuth(
-                self.tree[self._ms("Username")].value,
-                self.tree[self._ms("Password")].value,
-                self.spec.auth,
-            ),
+            auth,
             timeout=self.http_timeout,
             user_agent=f"{self.personality.manufacturer} {self.personality.model_name} "
             f"{self.personality.software_version} (turnup emulator)",
