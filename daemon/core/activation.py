@@ -32,7 +32,6 @@ from daemon.core.events import (
     ThroughputMeasured,
     TimerDue,
 )
-from daemon.core.identity import Location
 from daemon.core.matching import MatchKind, match
 from daemon.core.orders import (
     OPEN_STATES,
@@ -581,24 +580,11 @@ def _retry(order: Order, policy: Policy, now: datetime, acc: _Acc) -> Order:
 
 
 def due_orders_filter(order: Order, now: datetime) -> bool:
-    """Whether the app's timer should send `TimerDue` for this order."""
+    """Whether the app's timer should send `TimerDue` for this order (the rule
+    `Tx.orders_due` implements in SQL)."""
     return bool(
         (order.next_retry_at and order.next_retry_at <= now)
         or (order.deadline_at and order.deadline_at <= now)
-    )
-
-
-def location_of(values: Mapping[str, str | None]) -> Location:
-    onu = values.get("onu_id")
-    try:
-        onu_id = int(onu) if onu not in (None, "") else None
-    except ValueError:
-        onu_id = None
-    return Location(
-        olt=values.get("olt") or None,
-        pon_port=values.get("pon_port") or None,
-        onu_id=onu_id,
-        circuit_id=values.get("circuit_id") or None,
     )
 
 
