@@ -185,7 +185,7 @@ class App:
                 upload_bytes=sp.upload_bytes,
             )
 
-        acs = Acs(service, store, profiles, s.acs, speed_urls, self.metrics, self.clock)
+        acs = Acs(service, profiles, s.acs, speed_urls, self.metrics, self.clock)
         self.acs = acs
         api = create_api(service, store, s.api, self.metrics, self.clock, lambda: self.ready)
 

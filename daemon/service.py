@@ -30,6 +30,7 @@ from daemon.core.events import (
     CancelRequested,
     DeviceSeen,
     EmitWebhook,
+    Note,
     OrderEvent,
     PushConfiguration,
     ReadThroughputResult,
@@ -84,6 +85,16 @@ class Claimed:
     task: Task
     order: Order | None = None
     device: Device | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """An order event decided and written; what to do after the commit."""
+
+    order: Order
+    outcome: Outcome
+    plan: Plan
+    actions: list[RequestConnection]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,22 +214,32 @@ class Service:
         return await self._order_event(order_id, event)
 
     async def _order_event(self, order_id: str, event: OrderEvent) -> Order:
-        async def run(tx: Tx) -> tuple[Order, Outcome, Plan, list[RequestConnection]]:
-            order = await tx.get_order(order_id, for_update=True)
-            if order is None:
+        async def run(tx: Tx) -> _Applied:
+            applied = await self._apply_event(tx, event, self.clock.now())
+            if applied is None:
                 raise OrderNotFound(f"no order {order_id!r}")
-            plan = self.plan(order.plan_id)
-            device = await tx.get_device(order.device_serial) if order.device_serial else None
-            now = self.clock.now()
-            outcome = apply(order, event, plan, device, self.policy, now)
-            actions = await tx.apply_outcome(outcome, now)
-            return (outcome.orders[0] if outcome.orders else order), outcome, plan, actions
+            return applied
 
-        order, outcome, plan, actions = await self._transaction(run)
-        self._after(outcome, actions)
+        applied = await self._transaction(run)
+        self._after_event(applied, event)
+        return applied.order
+
+    async def _apply_event(self, tx: Tx, event: OrderEvent, now: datetime) -> _Applied | None:
+        """Load the order the event is about, decide, write: the one place an
+        order event meets the store. None when there is no such order."""
+        order = await tx.get_order(event.order_id, for_update=True)
+        if order is None:
+            return None
+        plan = self.plan(order.plan_id)
+        device = await tx.get_device(order.device_serial) if order.device_serial else None
+        outcome = apply(order, event, plan, device, self.policy, now)
+        actions = await tx.apply_outcome(outcome, now)
+        return _Applied(outcome.orders[0] if outcome.orders else order, outcome, plan, actions)
+
+    def _after_event(self, applied: _Applied, event: OrderEvent) -> None:
+        self._after(applied.outcome, applied.actions)
         if isinstance(event, ThroughputMeasured):
-            self._count_throughput(event, plan)
-        return order
+            self._count_throughput(event, applied.plan)
 
     # ---- devices ----------------------------------------------------------
 
@@ -300,30 +321,22 @@ class Service:
         order, and claim the device's next task."""
         token = self.cache.work_token(task.serial)
 
-        async def run(
-            tx: Tx,
-        ) -> tuple[Claimed | None, Outcome | None, Plan | None, list[RequestConnection]]:
+        async def run(tx: Tx) -> tuple[Claimed | None, _Applied | None]:
             now = self.clock.now()
             await tx.finish_task(task.id, state, now, result=result, fault=fault)
-            outcome: Outcome | None = None
-            plan: Plan | None = None
-            actions: list[RequestConnection] = []
-            order = await tx.get_order(event.order_id, for_update=True) if event else None
-            if event is not None and order is not None:
-                plan = self.plan(order.plan_id)
-                device = await tx.get_device(order.device_serial) if order.device_serial else None
-                outcome = apply(order, event, plan, device, self.policy, now)
-                actions = await tx.apply_outcome(outcome, now)
-            return await self._claim(tx, task.serial), outcome, plan, actions
+            applied = await self._apply_event(tx, event, now) if event is not None else None
+            return await self._claim(tx, task.serial), applied
 
-        claimed, outcome, plan, actions = await self._transaction(run)
-        if outcome is not None:
-            self._after(outcome, actions)
-            if isinstance(event, ThroughputMeasured) and plan is not None:
-                self._count_throughput(event, plan)
+        claimed, applied = await self._transaction(run)
+        if applied is not None and event is not None:
+            self._after_event(applied, event)
         if claimed is None:
             self.cache.mark_idle(task.serial, token)
         return claimed
+
+    async def record(self, note: Note) -> None:
+        """A line in the event log that decides nothing (e.g. a CPE's TransferComplete)."""
+        await self.store.run_transaction(lambda tx: tx.add_note(note))
 
     async def requeue_sent(self, serial: str) -> int:
         """Work sent in a session that died goes back to the queue."""

@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, Body, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -75,7 +74,6 @@ from daemon.service import (
     UnknownPlan,
 )
 from daemon.store.repository import EventRecord, Store, Tx
-from daemon.store.schema import outbox
 
 log = structlog.get_logger("turnup.api")
 
@@ -565,11 +563,13 @@ def create_api(
         if await store.redeliver(message_id, clock.now()):
             service.post_commit.webhook_written()
             return Redelivery(id=message_id, state="pending")
-        state = await outbox_state(store, message_id)
-        if state is None:
+        row = await store.get_outbox(message_id)
+        if row is None:
             raise ApiError(404, "not_found", f"no webhook {message_id!r}")
         raise ApiError(
-            409, "not_dead", f"webhook {message_id!r} is {state}; only dead ones are redelivered"
+            409,
+            "not_dead",
+            f"webhook {message_id!r} is {row.state}; only dead ones are redelivered",
         )
 
     async def endpoint_view() -> EndpointOut:
@@ -609,14 +609,3 @@ async def last_events(tx: Tx, order_id: str) -> list[EventRecord]:
         if len(page) < MAX_LIMIT:
             return list(tail)
         after = page[-1].id
-
-
-async def outbox_state(store: Store, message_id: str) -> str | None:
-    """The state of one outbox row, None when there is no such row. (The store
-    has no single-row lookup; a plain select on its table is enough here.)"""
-    async with store.read() as tx:
-        result = await tx.connection.execute(
-            sa.select(outbox.c.state).where(outbox.c.id == message_id)
-        )
-        state = result.scalar_one_or_none()
-    return str(state) if state is not None else None

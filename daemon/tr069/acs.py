@@ -18,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from daemon.asgi import Receive, Scope, Send, serve_lifespan
 from daemon.clock import Clock
 from daemon.config import AcsSettings
 from daemon.core.events import (
     ConfigApplied,
     ConfigFaulted,
     DeviceSeen,
+    Note,
     OrderEvent,
     TestFaulted,
     ThroughputMeasured,
@@ -38,7 +40,7 @@ from daemon.core.identity import InvalidSerial, parse_serial, serial_match_key
 from daemon.core.throughput import compute_throughput
 from daemon.metrics import Metrics
 from daemon.service import Claimed, Service
-from daemon.store.repository import Store, Task
+from daemon.store.repository import Task
 from daemon.tr069 import codec
 from daemon.tr069.auth import DigestAuthenticator, parse_basic
 from daemon.tr069.codec import (
@@ -66,9 +68,6 @@ from daemon.tr069.session import (
 
 log = structlog.get_logger("turnup.acs")
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 COOKIE = "turnup_cwmp"
 XML_HEADERS = [(b"content-type", b'text/xml; charset="utf-8"')]
@@ -103,7 +102,6 @@ class Acs:
     def __init__(
         self,
         service: Service,
-        store: Store,
         profiles: ProfileSet,
         settings: AcsSettings,
         speedtest: Callable[[], SpeedtestUrls],
@@ -111,7 +109,6 @@ class Acs:
         clock: Clock,
     ) -> None:
         self.service = service
-        self.store = store
         self.profiles = profiles
         self.settings = settings
         self.speedtest = speedtest
@@ -129,7 +126,7 @@ class Acs:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -354,24 +351,21 @@ class Acs:
         return 200, codec.encode(session.cwmp.answer(reply)), self._session_headers(session)
 
     async def _note_transfer(self, session: AcsSession, message: TransferComplete) -> None:
-        from daemon.core.events import Note  # local: only this rare path needs it
-
-        async with self.store.transaction() as tx:
-            await tx.add_note(
-                Note(
-                    "device.transfer_complete",
-                    None,
-                    session.serial,
-                    {
-                        "command_key": message.command_key,
-                        "fault_code": message.fault_code,
-                        "fault_string": message.fault_string,
-                        "start": message.start_time,
-                        "complete": message.complete_time,
-                    },
-                    self.clock.now(),
-                )
+        await self.service.record(
+            Note(
+                "device.transfer_complete",
+                None,
+                session.serial,
+                {
+                    "command_key": message.command_key,
+                    "fault_code": message.fault_code,
+                    "fault_string": message.fault_string,
+                    "start": message.start_time,
+                    "complete": message.complete_time,
+                },
+                self.clock.now(),
             )
+        )
         if message.fault_code:
             self.metrics.cwmp_faults.labels("from_cpe", str(message.fault_code)).inc()
 
@@ -731,13 +725,3 @@ async def _respond(
     out.append((b"content-length", str(len(body) if status != 204 else 0).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body if status != 204 else b""})
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -8,16 +8,11 @@ number of transfers in flight is bounded (503 + Retry-After past it).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 from urllib.parse import parse_qs
 
+from daemon.asgi import Receive, Scope, Send, serve_lifespan
 from daemon.config import SpeedtestSettings
 from daemon.metrics import Metrics
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 CHUNK = 256 * 1024
 _BLOCK = bytes(CHUNK)  # zeros: CPEs do not compress, and this costs nothing to make
@@ -31,9 +26,7 @@ class Speedtest:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            from daemon.tr069.acs import _lifespan
-
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

@@ -40,7 +40,7 @@ def spec(
     serial: str,
     vendor: str,
     *,
-    down: float = 150,
+    down: float = 400,  # 4x the plan: scheduling noise on a busy CI box never fails a good line
     up: float = 40,
     location: Location | None = LOC,
     auth: str = "digest",
@@ -186,7 +186,7 @@ async def test_throughput_fail_then_retry_passes(lab: Lab) -> None:
         assert "below 90%" in view["last_error"] and view["next_retry_at"]
         # the line gets fixed before the retry comes round
         cpe = fleet.by_serial[serial]
-        cpe.spec = replace(cpe.spec, down_mbps=150)
+        cpe.spec = replace(cpe.spec, down_mbps=400)
         await wait_state(lab, "o-slow", "active")
     async with lab.running.client() as api:
         view = (await api.get("/v1/orders/o-slow")).json()

@@ -54,7 +54,7 @@ async def test_kill_9_during_activations_then_restart(tmp_path: Path) -> None:
         DeviceSpec(
             serial=s,
             personality=vendors[i % 4][0],
-            down_mbps=150,
+            down_mbps=400,
             up_mbps=40,
             username="cpe",
             password=lab.cpe_password,
