@@ -255,3 +255,66 @@ async def test_concurrent_orders_many_devices(lab: Lab) -> None:
     ids = [r.webhook_id for r in webhooks(lab, "service.activated")]
     assert len(set(ids)) == 40
     await asyncio.sleep(0)
+
+
+async def test_operator_rpcs_reach_the_device(lab: Lab) -> None:
+    """RPCs queued through the API go out at once (connection request), answers
+    are stored on the task, and a Download ends with the CPE's TransferComplete."""
+    e = lab.running.endpoints
+    serial = "ALCL00E2E600"
+    async with lab.running.client() as api:
+        assert (await api.post("/v1/orders", json=order("o-rpc", serial))).status_code == 201
+    async with Fleet(e.acs_url, [spec(serial, "nokia")]) as fleet:
+        fleet.power_on()
+        await wait_state(lab, "o-rpc", "active")
+        cpe = fleet.by_serial[serial]
+        firmware_url = e.speedtest_url + "/download?bytes=4096"
+        rpcs = [
+            {"method": "GetParameterValues", "args": {"names": ["Device.DeviceInfo."]}},
+            {"method": "GetParameterNames", "args": {"path": "Device.WiFi.", "next_level": True}},
+            {
+                "method": "SetParameterValues",
+                "args": {"parameters": [{"name": "Device.WiFi.SSID.1.SSID", "value": "Renamed"}]},
+            },
+            {
+                "method": "Download",
+                "args": {
+                    "url": firmware_url,
+                    "file_type": "1 Firmware Upgrade Image",
+                    "command_key": "fw-1",
+                },
+            },
+            {"method": "Reboot", "args": {"command_key": "after-fw"}},
+            {"method": "GetParameterValues", "args": {"names": ["Device.Nope."]}},
+        ]
+        async with lab.running.client() as api:
+            for rpc in rpcs:
+                r = await api.post(f"/v1/devices/{serial}/tasks", json=rpc)
+                assert r.status_code == 202, r.text
+
+            async def settled() -> bool:
+                view = (await api.get(f"/v1/devices/{serial}")).json()
+                rpc_tasks = [t for t in view["tasks"] if t["kind"] == "rpc"]
+                return len(rpc_tasks) == len(rpcs) and all(
+                    t["state"] in ("done", "faulted") for t in rpc_tasks
+                )
+
+            assert await wait_until(settled, 30)
+
+            async def transferred() -> bool:
+                page = (await api.get("/v1/events", params={"serial": serial, "limit": 500})).json()
+                return any(ev["kind"] == "device.transfer_complete" for ev in page["items"])
+
+            assert await wait_until(transferred, 30)
+            view = (await api.get(f"/v1/devices/{serial}")).json()
+    by_method = {t["method"]: t for t in view["tasks"] if t["kind"] == "rpc"}
+    gpv = [t for t in view["tasks"] if t["method"] == "GetParameterValues"]
+    ok_gpv = next(t for t in gpv if t["state"] == "done")
+    assert ok_gpv["result"]["parameters"]["Device.DeviceInfo.SerialNumber"] == serial
+    bad_gpv = next(t for t in gpv if t["state"] == "faulted")
+    assert "9005" in bad_gpv["fault"]  # the device's fault is kept on the task
+    assert by_method["GetParameterNames"]["state"] == "done"
+    assert by_method["Download"]["result"]["status"] == 1  # accepted, completes later
+    assert by_method["Reboot"]["state"] == "done"
+    assert cpe.get("Device.WiFi.SSID.1.SSID") == "Renamed"
+    assert cpe.rpc_counts["Reboot"] == 1 and cpe.rpc_counts["Download"] == 1
