@@ -650,16 +650,23 @@ def _short(frame: str) -> str:
 
 
 async def storm(
-    fleet: Any, auth: str, sessions: int, concurrency: int, limit: float, remember: bool = False
+    fleet: Any,
+    auth: str,
+    sessions: int,
+    concurrency: int,
+    limit: float,
+    remember: bool = False,
+    lean: bool = True,
 ) -> StormResult | None:
     """One periodic-Inform storm with every device answering challenges with `auth`;
-    `remember`: devices send the credentials of their last session up front."""
+    `remember`: devices send the credentials of their last session up front; `lean`:
+    the wire-level session client (`emulators/wire.py`) instead of the full one."""
     for cpe in fleet.cpes:
         cpe.spec = dataclasses.replace(cpe.spec, auth=auth)
         cpe.remember_auth = remember
     try:
         async with asyncio.timeout(limit):
-            result: StormResult = await fleet.periodic_storm(sessions, concurrency)
+            result: StormResult = await fleet.periodic_storm(sessions, concurrency, lean=lean)
             return result
     except TimeoutError:
         return None
@@ -865,7 +872,13 @@ async def phase_storm(
             else "3 HTTP req/session (401, Inform, empty POST)"
         )
         warm = await storm(
-            fleet, auth, min(4 * conc, 2 * n) if args.quick else 1000, conc, limit, remember
+            fleet,
+            auth,
+            min(4 * conc, 2 * n) if args.quick else 1000,
+            conc,
+            limit,
+            remember,
+            args.storm_client == "lean",
         )
         if warm is None or warm.ok == 0:
             res.rows.append(
@@ -889,7 +902,9 @@ async def phase_storm(
         cpu = CpuWindow(pid)
         tag = f"storm-{auth}" + ("-remembered" if remember else "")
         async with profiler.record(pid, tag, seconds, res):
-            result = await storm(fleet, auth, total, conc, limit, remember)
+            result = await storm(
+                fleet, auth, total, conc, limit, remember, args.storm_client == "lean"
+            )
         d_cpu, g_cpu = cpu.done()
         name = f"periodic-Inform sessions/s ({label}, store)"
         if result is None:
@@ -1099,6 +1114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sessions per storm (default: sized from a warm-up to ~8 s; 0 skips)",
     )
     ap.add_argument("--storm-concurrency", type=int, default=64, help="storm sessions in flight")
+    ap.add_argument(
+        "--storm-client",
+        choices=("lean", "full"),
+        default="lean",
+        help="storm sessions on the lean wire-level CPE path (default) or the full emulator",
+    )
     ap.add_argument(
         "--fleet-sessions",
         type=int,

@@ -28,6 +28,7 @@ from daemon.clock import Clock, SystemClock
 from daemon.config import Settings
 from daemon.core.activation import Policy
 from daemon.device_cache import DeviceCache
+from daemon.httpserver import HttpServer
 from daemon.metrics import Metrics
 from daemon.service import Service
 from daemon.store.repository import Store
@@ -217,7 +218,22 @@ class App:
                 )
 
             async with anyio.create_task_group() as tg:
-                servers = [(acs, acs_sock), (api, api_sock)]
+                servers: list[tuple[Any, socket.socket]] = [(api, api_sock)]
+                acs_scope = anyio.CancelScope()
+                if s.acs.http_server == "builtin":
+                    acs_server = HttpServer(
+                        acs.respond,
+                        immediate=acs.respond_now,
+                        max_body_bytes=s.acs.max_body_bytes,
+                        keepalive_timeout=s.acs.keepalive_timeout_seconds,
+                        request_timeout=s.acs.session_timeout_seconds,
+                        max_connections=s.acs.max_connections,
+                        on_malformed=self.metrics.malformed.labels("cwmp").inc,
+                        on_error=self.metrics.internal_errors.labels("acs").inc,
+                    )
+                    await tg.start(_serve_builtin, acs_server, acs_sock, acs_scope)
+                else:
+                    servers.insert(0, (acs, acs_sock))
                 if st_sock is not None:
                     servers.append((Speedtest(s.speedtest, self.metrics), st_sock))
                 for app, sock in servers:
@@ -263,6 +279,7 @@ class App:
                 self.notifier.send("STOPPING=1")
                 for srv in self._servers:
                     srv.should_exit = True
+                acs_scope.cancel()
                 background.cancel()
             await service.flush_sightings()  # the last batch of last_seen times
 
@@ -285,6 +302,17 @@ def _server(app: Any) -> uvicorn.Server:
         proxy_headers=False,  # not behind a proxy by default; saves a middleware per request
     )
     return uvicorn.Server(config)
+
+
+async def _serve_builtin(
+    server: HttpServer,
+    sock: socket.socket,
+    scope: anyio.CancelScope,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await server.serve(sock, task_status=task_status)
 
 
 async def _serve(

@@ -83,6 +83,10 @@ class AcsSettings(_Section):
     connection_request_timeout_seconds: float = Field(5.0, gt=0)
     max_connection_requests_in_flight: int = Field(64, ge=1)
     periodic_inform_interval: int = Field(3600, ge=30)
+    http_server: Literal["builtin", "uvicorn"] = "builtin"
+    keepalive_timeout_seconds: float = Field(30.0, gt=0)
+    max_connections: int = Field(20_000, ge=1)
+    inform_memo_entries: int = Field(20_000, ge=0)
 
     @model_validator(mode="after")
     def _auth_possible(self) -> AcsSettings:

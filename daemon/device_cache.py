@@ -93,8 +93,8 @@ class DeviceCache:
 
     # ---- batched last_seen ------------------------------------------------------
 
-    def touch(self, device: Device) -> None:
-        self._touched[device.serial] = (device.last_seen, device.source)
+    def touch(self, serial: str, last_seen: datetime, source: str) -> None:
+        self._touched[serial] = (last_seen, source)
 
     def take_touched(self) -> dict[str, tuple[datetime, str]]:
         touched, self._touched = self._touched, {}

@@ -125,6 +125,17 @@ class Service:
         self.metrics = metrics
         self.post_commit: PostCommit = post_commit or NullPostCommit()
         self._plans: dict[str, Plan] = {}
+        self._routine_counters: dict[str, Any] = {}
+
+    def _routine_seen(self, source: str) -> Any:
+        """The routine-sighting counter child for `source` (labels() costs a lock
+        and a dict look-up per call; this is the hottest counter)."""
+        child = self._routine_counters.get(source)
+        if child is None:
+            child = self._routine_counters[source] = self.metrics.devices_seen.labels(
+                source, "routine"
+            )
+        return child
 
     # ---- plans ------------------------------------------------------------
 
@@ -243,16 +254,11 @@ class Service:
 
     # ---- devices ----------------------------------------------------------
 
-    async def device_seen(self, seen: DeviceSeen) -> Device:
-        known = self.cache.get(seen.serial, self.clock.monotonic())
-        if known is not None:
-            now = self.clock.now()
-            if is_routine(seen, known.device, known.order_state, now):
-                # Nothing to decide: answer from memory, batch the last_seen write.
-                known.device = replace(known.device, last_seen=now, source=seen.source)
-                self.cache.touch(known.device)
-                self.metrics.devices_seen.labels(seen.source, "routine").inc()
-                return known.device
+    async def device_seen(self, seen: DeviceSeen) -> Device | None:
+        """Record a sighting and act on it; returns the device as stored, or None for
+        a routine sighting answered from memory (see `DeviceCache`)."""
+        if self.seen_routinely(seen):
+            return None
 
         async def run(tx: Tx) -> tuple[Outcome, list[RequestConnection], str, OrderState | None]:
             device = await tx.get_device(seen.serial, for_update=True)
@@ -276,6 +282,29 @@ class Service:
         assert outcome.device is not None
         return outcome.device
 
+    def seen_routinely(self, seen: DeviceSeen) -> bool:
+        """Record a routine sighting from memory (no transaction) and return True;
+        False, having changed nothing, when the sighting needs a decision."""
+        known = self.cache.get(seen.serial, self.clock.monotonic())
+        if known is None:
+            return False
+        now = self.clock.now()
+        if not is_routine(seen, known.device, known.order_state, now):
+            return False
+        # Nothing to decide: batch the last_seen write. The cached device keeps the
+        # last_seen it was loaded with (nothing decides on it); the batch carries
+        # the new one to the store.
+        if known.device.source != seen.source:
+            known.device = replace(known.device, source=seen.source)
+        self.cache.touch(seen.serial, now, seen.source)
+        self._routine_seen(seen.source).inc()
+        return True
+
+    def has_no_work(self, serial: str) -> bool:
+        """True when this process knows the device's task queue is empty (see
+        `DeviceCache`); False means "look in the store"."""
+        return self.cache.is_idle(serial, self.clock.monotonic())
+
     async def get_device(self, serial: str) -> Device | None:
         async with self.store.read() as tx:
             return await tx.get_device(normalize_serial(serial))
@@ -296,7 +325,7 @@ class Service:
 
     async def claim_work(self, serial: str) -> Claimed | None:
         """The device's next queued task, marked sent; None when there is none."""
-        if self.cache.is_idle(serial, self.clock.monotonic()):
+        if self.has_no_work(serial):
             return None
         token = self.cache.work_token(serial)
 

@@ -50,6 +50,8 @@ from emulators.personalities import (
     inform_parameter_names,
     is_secret,
 )
+from emulators.wire import HandedOver, WireError, WireTarget
+from emulators.wire import periodic_session as wire_periodic_session
 
 __all__ = [
     "CWMP_NAMESPACES",
@@ -346,6 +348,9 @@ class EmulatedCpe:
         self._transfer_complete: dict[str, str] | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
+        self._inform_key: object = None
+        self._wire_target: tuple[str, WireTarget] | None = None
+        self._inform_parts: tuple[bytes, bytes, bytes] = (b"", b"", b"")
         # records
         self.sessions_ok = 0
         self.sessions_failed = 0
@@ -357,6 +362,7 @@ class EmulatedCpe:
         self.connection_requests = 0
         self.last_error: str | None = None
         self.booted = False  # the first session has finished (ok or not)
+        self.lean_handed_over = 0  # lean periodic sessions the ACS gave work to
         self.in_session = False
 
     # ---------------------------------------------------------------- tree helpers
@@ -569,12 +575,68 @@ class EmulatedCpe:
             self._emit("session_failed", events=rec.events, error=rec.error)
         return rec
 
-    async def _session(self, evs: EventList, retry_count: int, rec: SessionRecord) -> None:
+    async def run_periodic_lean(self) -> SessionRecord:
+        """A routine "2 PERIODIC" session on the lean wire path (`emulators/wire.py`).
+
+        Same bytes on the wire as `run_session` for a routine session, without the
+        generic HTTP client and XML parser. A device with pending work, or one that has
+        not bootstrapped yet, runs the full session instead; so does one the ACS hands
+        work to in the middle of the lean session (counted in `lean_handed_over`)."""
+        if self.has_work or self._transfer_complete is not None or not self.bootstrapped:
+            return await self.run_session([("2 PERIODIC", "")])
         url = self.tree[self._ms("URL")].value or self.acs_url
-        try:
-            parse_url(url)
-        except HttpError as exc:
-            raise _SessionEnd(f"bad ACS URL: {exc}") from None
+        if self._wire_target is None or self._wire_target[0] != url:
+            try:
+                u = parse_url(url)
+            except HttpError as exc:
+                rec = SessionRecord(events=["2 PERIODIC"], error=f"bad ACS URL: {exc}")
+                self.sessions_failed += 1
+                return rec
+            if u.scheme != "http":
+                return await self.run_session([("2 PERIODIC", "")])
+            self._wire_target = (url, WireTarget(u.host, u.port, u.target, u.authority))
+        target = self._wire_target[1]
+        rec = SessionRecord(events=["2 PERIODIC"])
+        handed_over = False
+        async with self._lock:
+            limiter = self.limiter if self.limiter is not None else contextlib.nullcontext()
+            async with limiter:
+                rec.started = time.monotonic()
+                self.in_session = True
+                try:
+                    auth = self._session_auth()
+                    cwmp_id = f"{self.serial}-{next(self._ids)}"
+                    inform = self._inform_with_id(cwmp_id, [("2 PERIODIC", "")], 0)
+                    await wire_periodic_session(
+                        target,
+                        inform=inform,
+                        cwmp_id=cwmp_id,
+                        auth=auth,
+                        user_agent=self._user_agent(),
+                        timeout=self.http_timeout,
+                    )
+                    rec.ok = True
+                except HandedOver:
+                    handed_over = True
+                except WireError as exc:
+                    rec.error, rec.retryable = exc.reason, exc.retryable
+                finally:
+                    self.in_session = False
+                    rec.ended = time.monotonic()
+        if handed_over:
+            self.lean_handed_over += 1
+            return await self.run_session([("2 PERIODIC", "")])
+        self.sessions.append(rec)
+        if rec.ok:
+            self.sessions_ok += 1
+            self._emit("session_ok", events=rec.events, rpcs=rec.rpcs)
+        else:
+            self.sessions_failed += 1
+            self.last_error = rec.error
+            self._emit("session_failed", events=rec.events, error=rec.error)
+        return rec
+
+    def _session_auth(self) -> ClientAuth:
         auth = ClientAuth(
             self.tree[self._ms("Username")].value,
             self.tree[self._ms("Password")].value,
@@ -589,12 +651,20 @@ class EmulatedCpe:
         ):
             auth = kept
         self._auth = auth
+        return auth
+
+    def _user_agent(self) -> str:
+        p = self.personality
+        return f"{p.manufacturer} {p.model_name} {p.software_version} (turnup emulator)"
+
+    async def _session(self, evs: EventList, retry_count: int, rec: SessionRecord) -> None:
+        url = self.tree[self._ms("URL")].value or self.acs_url
+        try:
+            parse_url(url)
+        except HttpError as exc:
+            raise _SessionEnd(f"bad ACS URL: {exc}") from None
         sess = _HttpSession(
-            url,
-            auth,
-            timeout=self.http_timeout,
-            user_agent=f"{self.personality.manufacturer} {self.personality.model_name} "
-            f"{self.personality.software_version} (turnup emulator)",
+            url, self._session_auth(), timeout=self.http_timeout, user_agent=self._user_agent()
         )
         try:
             # 1. Inform -> InformResponse (redirects allowed on this first message only)
@@ -695,26 +765,47 @@ class EmulatedCpe:
         return "".join(parts)
 
     def _inform(self, evs: EventList, retry_count: int) -> bytes:
+        return self._inform_with_id(f"{self.serial}-{next(self._ids)}", evs, retry_count)
+
+    def _inform_with_id(self, cwmp_id: str, evs: EventList, retry_count: int) -> bytes:
         p = self.personality
-        events = "".join(
-            f"<EventStruct><EventCode>{escape(c)}</EventCode>"
-            f"<CommandKey>{escape(k)}</CommandKey></EventStruct>"
-            for c, k in evs
-        )
         names = [
             n for n in inform_parameter_names(p, self.spec.location is not None) if n in self.tree
         ]
-        inner = (
-            "<cwmp:Inform><DeviceId>"
-            f"<Manufacturer>{escape(self.get(f'{self.root}DeviceInfo.Manufacturer'))}</Manufacturer>"
-            f"<OUI>{escape(self.get(f'{self.root}DeviceInfo.ManufacturerOUI'))}</OUI>"
-            f"<ProductClass>{escape(self.get(f'{self.root}DeviceInfo.ProductClass'))}</ProductClass>"
-            f"<SerialNumber>{escape(self.get(f'{self.root}DeviceInfo.SerialNumber'))}</SerialNumber>"
-            f'</DeviceId><Event soap-enc:arrayType="cwmp:EventStruct[{len(evs)}]">{events}</Event>'
-            f"<MaxEnvelopes>1</MaxEnvelopes><CurrentTime>{format_time(self.wall())}</CurrentTime>"
-            f"<RetryCount>{retry_count}</RetryCount>{self._pvs(names)}</cwmp:Inform>"
+        ident = tuple(
+            self.get(f"{self.root}DeviceInfo.{leaf}")
+            for leaf in ("Manufacturer", "ManufacturerOUI", "ProductClass", "SerialNumber")
         )
-        return self._envelope(f"{self.serial}-{next(self._ids)}", inner)
+        # The envelope around cwmp:ID and CurrentTime is rebuilt only when what it
+        # carries changed (the lean storm path sends thousands of periodic Informs).
+        key = (
+            tuple(evs),
+            retry_count,
+            ident,
+            tuple((n, self.tree[n].value, self.tree[n].xsd) for n in names),
+        )
+        if key != self._inform_key:
+            events = "".join(
+                f"<EventStruct><EventCode>{escape(c)}</EventCode>"
+                f"<CommandKey>{escape(k)}</CommandKey></EventStruct>"
+                for c, k in evs
+            )
+            inner = (
+                "<cwmp:Inform><DeviceId>"
+                f"<Manufacturer>{escape(ident[0])}</Manufacturer><OUI>{escape(ident[1])}</OUI>"
+                f"<ProductClass>{escape(ident[2])}</ProductClass>"
+                f"<SerialNumber>{escape(ident[3])}</SerialNumber>"
+                f'</DeviceId><Event soap-enc:arrayType="cwmp:EventStruct[{len(evs)}]">{events}'
+                "</Event><MaxEnvelopes>1</MaxEnvelopes><CurrentTime>\x00</CurrentTime>"
+                f"<RetryCount>{retry_count}</RetryCount>{self._pvs(names)}</cwmp:Inform>"
+            )
+            head, rest = self._envelope("\x00", inner).split(b"\x00", 1)
+            middle, tail = rest.split(b"\x00", 1)
+            self._inform_key, self._inform_parts = key, (head, middle, tail)
+        head, middle, tail = self._inform_parts
+        return b"".join(
+            (head, escape(cwmp_id).encode(), middle, format_time(self.wall()).encode(), tail)
+        )
 
     def _transfer_complete_xml(self) -> bytes:
         tc = self._transfer_complete or {}

@@ -417,12 +417,15 @@ class Fleet:
 
     # ----------------------------------------------------------------- benchmark
 
-    async def periodic_storm(self, total_sessions: int, concurrency: int) -> StormResult:
+    async def periodic_storm(
+        self, total_sessions: int, concurrency: int, *, lean: bool = False
+    ) -> StormResult:
         """Run `total_sessions` "2 PERIODIC" sessions round robin over the devices.
 
         At most `concurrency` at once (and never more than the fleet's session semaphore;
         one device never runs two sessions at once). Follow-up work the ACS asks for is
-        left to the device tasks if the fleet is powered on.
+        left to the device tasks if the fleet is powered on. `lean` runs routine
+        sessions on the wire-level path (`EmulatedCpe.run_periodic_lean`).
         """
         if not self.cpes or total_sessions <= 0:
             return StormResult(0, 0, 0, 0.0)
@@ -434,7 +437,9 @@ class Fleet:
             nonlocal ok
             while (i := next(counter)) < total_sessions:
                 cpe = self.cpes[i % len(self.cpes)]
-                rec = await cpe.run_session([("2 PERIODIC", "")])
+                rec = await (
+                    cpe.run_periodic_lean() if lean else cpe.run_session([("2 PERIODIC", "")])
+                )
                 if rec.ok:
                     ok += 1
                 else:

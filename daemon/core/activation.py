@@ -124,29 +124,42 @@ def failed_payload(order: Order, device: Device | None, reason: str) -> dict[str
     return data
 
 
+# What a sighting may tell us about a device: a non-empty value replaces the stored one.
+_SEEN_FIELDS = (
+    "vendor_id",
+    "manufacturer",
+    "oui",
+    "product_class",
+    "model",
+    "firmware",
+    "connection_request_url",
+    "data_model",
+    "profile",
+)
+
+
 def _merge_device(device: Device | None, seen: DeviceSeen, now: datetime) -> Device:
     if device is None:
         device = Device(
             serial=seen.serial, status=DeviceStatus.UNMATCHED, first_seen=now, last_seen=now
         )
     updates: dict[str, Any] = {"last_seen": now, "source": seen.source}
-    for name in (
-        "vendor_id",
-        "manufacturer",
-        "oui",
-        "product_class",
-        "model",
-        "firmware",
-        "connection_request_url",
-        "data_model",
-        "profile",
-    ):
+    for name in _SEEN_FIELDS:
         value = getattr(seen, name)
         if value:
             updates[name] = value
     if seen.location.known:
         updates["location"] = seen.location
     return replace(device, **updates)
+
+
+def _sighting_changes(device: Device, seen: DeviceSeen) -> bool:
+    """Whether `_merge_device` would change anything but `last_seen`/`source`."""
+    for name in _SEEN_FIELDS:
+        value = getattr(seen, name)
+        if value and value != getattr(device, name):
+            return True
+    return seen.location.known and seen.location != device.location
 
 
 # ---- device sightings -----------------------------------------------------
@@ -600,8 +613,7 @@ def is_routine(
     """
     if seen.diagnostics_complete or seen.serial != device.serial:
         return False
-    merged = _merge_device(device, seen, now)
-    if replace(merged, last_seen=device.last_seen, source=device.source) != device:
+    if _sighting_changes(device, seen):
         return False
     if device.status is DeviceStatus.BOUND:
         return order_state is not None and order_state not in (S.CANCELLED, S.PENDING)

@@ -16,6 +16,7 @@ answered 500); no per-request logging at INFO.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import secrets
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from daemon.core.events import (
 )
 from daemon.core.identity import InvalidSerial, parse_serial, serial_match_key
 from daemon.core.throughput import compute_throughput
+from daemon.httpserver import Request, Response
 from daemon.metrics import Metrics
 from daemon.service import Claimed, Service
 from daemon.store.repository import Task
@@ -55,6 +57,7 @@ from daemon.tr069.codec import (
     TransferComplete,
     TransferCompleteResponse,
 )
+from daemon.tr069.memo import InformMemo
 from daemon.tr069.profiles import Profile, ProfileSet
 from daemon.tr069.session import (
     CpeRequestReceived,
@@ -71,6 +74,7 @@ log = structlog.get_logger("turnup.acs")
 
 COOKIE = "turnup_cwmp"
 XML_HEADERS = [(b"content-type", b'text/xml; charset="utf-8"')]
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 ACS_METHODS = ("Inform", "GetRPCMethods", "TransferComplete")
 
 
@@ -98,6 +102,26 @@ class BodyTooLarge(Exception):
     pass
 
 
+class _KeyPool:
+    """Session keys: 18 random bytes each (144 bits), URL-safe base64, taken from a
+    pool read from the OS 4 KiB at a time: one getrandom call per ~227 sessions
+    instead of one per session."""
+
+    SIZE = 18
+    CHUNK = 4096 - 4096 % 18
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def token(self) -> str:
+        if self._pos + self.SIZE > len(self._pool):
+            self._pool, self._pos = secrets.token_bytes(self.CHUNK), 0
+        raw = self._pool[self._pos : self._pos + self.SIZE]
+        self._pos += self.SIZE
+        return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
 class Acs:
     def __init__(
         self,
@@ -121,46 +145,137 @@ class Acs:
         self._orphans: list[str] = []  # serials whose in-flight task must be requeued
         self._challenge_second = -1  # the Digest challenge is reused within one second
         self._challenge_value = b""
+        # Read at scrape time: nothing to update per session.
+        metrics.cwmp_sessions_active.set_function(lambda: len(self.sessions))
+        self._sessions_ok = metrics.cwmp_sessions.labels("ok")
+        self._keys = _KeyPool()
+        self.memo = InformMemo(settings.inform_memo_entries)
 
     # ---- ASGI entry -------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ACS as an ASGI app (for `acs.http_server = "uvicorn"` and any ASGI
+        server); the built-in server calls `respond` directly."""
         if scope["type"] == "lifespan":
             await serve_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
-        if scope["path"] != self.settings.path:
-            await _respond(send, 404, b"not found\n")
-            return
-        if scope["method"] != "POST":
-            await _respond(send, 405, b"CWMP uses POST\n", [(b"allow", b"POST")])
-            return
+        raw = [(bytes(k), bytes(v)) for k, v in scope["headers"]]
+        headers: dict[bytes, bytes] = {}
+        for k, v in raw:
+            headers.setdefault(k, v)
+        client = scope.get("client")
+        request = Request(
+            method=scope["method"],
+            target=_target(scope),
+            path=scope["path"],
+            headers=headers,
+            raw_headers=raw,
+            client=(str(client[0]), int(client[1])) if client else None,
+            body=b"",
+        )
+        status, payload, out = 0, b"", []
+        if request.path == self.settings.path and request.method == "POST":
+            try:
+                request.body = await _read_body(request, receive, self.settings.max_body_bytes)
+            except BodyTooLarge:
+                self.metrics.malformed.labels("cwmp").inc()
+                status, payload = 413, b"request body too large\n"
+                out = [(b"connection", b"close"), *_TEXT]
+        if not status:
+            status, payload, out = await self.respond(request)
+        await _respond(send, status, payload, out)
+
+    async def respond(self, request: Request) -> Response:
+        """One HTTP request to the ACS endpoint; never raises."""
+        if request.path != self.settings.path:
+            return 404, b"not found\n", _TEXT
+        if request.method != "POST":
+            return 405, b"CWMP uses POST\n", [(b"allow", b"POST"), *_TEXT]
         try:
-            body = await _read_body(scope, receive, self.settings.max_body_bytes)
-        except BodyTooLarge:
-            self.metrics.malformed.labels("cwmp").inc()
-            await _respond(send, 413, b"request body too large\n", [(b"connection", b"close")])
-            return
-        try:
-            status, payload, headers = await self.handle(scope, body)
+            status, payload, headers = await self.handle(request)
         except Exception:
-            log.exception("acs_internal_error", client=_client(scope))
-            self.metrics.internal_errors.labels("acs").inc()
-            self._drop(self._find(scope), "internal error", result="error")
-            status, payload, headers = 500, b"internal error\n", []
-        await _respond(send, status, payload, headers)
+            status, payload, headers = self._internal_error(request)
+        return _typed(status, payload, headers)
+
+    def respond_now(self, request: Request) -> Response | None:
+        """The answers that need no I/O, given at once (the built-in server then
+        needs no task for the request): the challenge to a new session, a routine
+        Inform the device cache vouches for, and the empty POST that ends a session
+        with no work queued. None: nothing was changed; use `respond`."""
+        if request.path != self.settings.path or request.method != "POST":
+            return None
+        try:
+            answer = self._respond_now(request)
+        except Exception:
+            answer = self._internal_error(request)
+        return None if answer is None else _typed(*answer)
+
+    def _internal_error(self, request: Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        log.exception("acs_internal_error", client=_client(request))
+        self.metrics.internal_errors.labels("acs").inc()
+        self._drop(self._find(request), "internal error", result="error")
+        return 500, b"internal error\n", []
+
+    def _respond_now(self, request: Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+        now = self.clock.monotonic()
+        session = self._find(request)
+        body = request.body
+        if session is None:
+            if (
+                not self.settings.trust_management_network
+                and b"authorization" not in request.headers
+            ):
+                return self._challenge()
+            if not body or len(self.sessions) >= self.settings.max_sessions:
+                return None
+            try:
+                envelope = self.memo.decode(body)
+            except CwmpDecodeError:
+                return None
+            inform = envelope.body
+            if not isinstance(inform, Inform):
+                return None
+            auth = self._authenticate(request, inform)
+            if auth is not None:
+                return auth  # what `handle` answers here too
+            try:
+                serial, profile, seen = self._sighting(inform)
+            except InvalidSerial:
+                return None
+            if serial in self.by_serial or not self.service.seen_routinely(seen):
+                return None
+            session = self._new_session(request, now)
+            session.serial, session.profile = serial, profile
+            self.by_serial[serial] = session
+            session.cwmp.receive(envelope, now)
+            answer = session.cwmp.answer(InformResponse(1))
+            return 200, codec.encode(answer), self._session_headers(session)
+        if (
+            body
+            or session.ended
+            or not session.serial
+            or session.cwmp.state is not SessionState.CPE_REQUESTS
+            or session.cwmp.is_expired(now)
+            or not self.service.has_no_work(session.serial)
+        ):
+            return None
+        session.cwmp.receive(None, now)
+        session.cwmp.end()
+        self._finish(session, "ok")
+        return 204, b"", self._session_headers(session)
 
     # ---- one request ------------------------------------------------------
 
-    async def handle(
-        self, scope: Scope, body: bytes
-    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    async def handle(self, request: Request) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         now = self.clock.monotonic()
+        body = request.body
+        session = self._find(request)
         if (
             not self.settings.trust_management_network
-            and not _header(scope, b"authorization")
-            and self._find(scope) is None
+            and b"authorization" not in request.headers
+            and session is None
         ):
             # A new session without credentials (what CPEs send first): challenge
             # before spending a parse on a body we would not act on anyway.
@@ -168,30 +283,28 @@ class Acs:
         envelope: Envelope | None = None
         if body.strip():
             try:
-                envelope = codec.decode(body)
+                envelope = self.memo.decode(body)
             except CwmpDecodeError as exc:
                 self.metrics.malformed.labels("cwmp").inc()
                 # Requeue its task now, not at the next sweep: the CPE retries at
                 # once and its next session must get the same RPC again.
-                broken = self._find(scope)
-                if broken is not None:
-                    await self._abandon(broken, "malformed request", result="malformed")
+                if session is not None:
+                    await self._abandon(session, "malformed request", result="malformed")
                 return 400, f"malformed CWMP request: {exc}\n".encode(), []
 
-        session = self._find(scope)
         if envelope is not None and isinstance(envelope.body, Inform):
             if session is not None and session.cwmp.state is not SessionState.AWAIT_INFORM:
                 if session.cwmp.state is SessionState.ENDED or session.ended:
                     self._forget(session)
                     session = None
             if session is None:
-                auth = self._authenticate(scope, envelope.body)
+                auth = self._authenticate(request, envelope.body)
                 if auth is not None:
                     return auth
                 if len(self.sessions) >= self.settings.max_sessions:
                     self.metrics.cwmp_sessions.labels("refused_busy").inc()
                     return 503, b"too many sessions\n", [(b"retry-after", b"10")]
-                session = self._new_session(scope, now)
+                session = self._new_session(request, now)
         elif session is None:
             # Not an Inform and no session: the CPE lost its session (or never had one).
             self.metrics.cwmp_faults.labels("to_cpe", "8005").inc()
@@ -221,29 +334,36 @@ class Acs:
     async def _on_inform(
         self, session: AcsSession, inform: Inform
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        device_id = inform.device_id
         try:
-            serial = parse_serial(device_id.serial_number)
+            serial, profile, seen = self._sighting(inform)
         except InvalidSerial as exc:
             self.metrics.malformed.labels("cwmp").inc()
             await self._abandon(session, "bad serial")
             return self._fault_reply(session, codec.fault_for(8003, str(exc)))
-        params = {p.name: p.value for p in inform.parameters}
-        root = next(iter(params), "Device.")
-        profile = self.profiles.select(
-            serial.vendor_id, device_id.oui, device_id.product_class, root
-        )
-        session.serial = serial.text
+        session.serial = serial
         session.profile = profile
-        previous = self.by_serial.get(serial.text)
+        previous = self.by_serial.get(serial)
         if previous is not None and previous is not session:
             # Two sessions from one device at once: the newest wins (the CPE
             # gave up on the old one); work sent in the old one goes back to the queue.
             await self._abandon(
                 previous, "superseded by a new session from the same device", result="superseded"
             )
-        self.by_serial[serial.text] = session
-        codes = {e.code.strip().upper() for e in inform.events}
+        self.by_serial[serial] = session
+        await self.service.device_seen(seen)
+        envelope = session.cwmp.answer(InformResponse(1))
+        return 200, codec.encode(envelope), self._session_headers(session)
+
+    def _sighting(self, inform: Inform) -> tuple[str, Profile, DeviceSeen]:
+        """(serial, vendor profile, the sighting) an Inform stands for; raises
+        InvalidSerial for a serial number turnup cannot read."""
+        device_id = inform.device_id
+        serial = parse_serial(device_id.serial_number)
+        params = {p.name: p.value for p in inform.parameters}
+        root = next(iter(params), "Device.")
+        profile = self.profiles.select(
+            serial.vendor_id, device_id.oui, device_id.product_class, root
+        )
         prefix = profile.root
         seen = DeviceSeen(
             serial=serial.text,
@@ -258,20 +378,20 @@ class Acs:
             connection_request_url=params.get(prefix + "ManagementServer.ConnectionRequestURL"),
             data_model=profile.data_model,
             profile=profile.name,
-            diagnostics_complete="8 DIAGNOSTICS COMPLETE" in codes,
+            diagnostics_complete=any(
+                e.code.strip().upper() == "8 DIAGNOSTICS COMPLETE" for e in inform.events
+            ),
         )
-        await self.service.device_seen(seen)
-        envelope = session.cwmp.answer(InformResponse(1))
-        return 200, codec.encode(envelope), self._session_headers(session)
+        return serial.text, profile, seen
 
     def _authenticate(
-        self, scope: Scope, inform: Inform
+        self, request: Request, inform: Inform
     ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
         """None when the CPE may go on; else the 401 answer."""
         s = self.settings
         if s.trust_management_network:
             return None
-        header = _header(scope, b"authorization")
+        header = request.header(b"authorization")
         scheme = header.split(" ", 1)[0].lower() if header else ""
         username: str | None = None
         if scheme == "basic" and s.auth in ("basic", "any"):
@@ -284,7 +404,7 @@ class Acs:
                     username = pair[0]
         elif scheme == "digest" and s.auth in ("digest", "any"):
             result = self.digest.verify(
-                header, "POST", self._password_for, self.clock.monotonic(), uri=_target(scope)
+                header, "POST", self._password_for, self.clock.monotonic(), uri=request.target
             )
             if result.ok:
                 username = result.username
@@ -503,9 +623,9 @@ class Acs:
 
     # ---- sessions ---------------------------------------------------------
 
-    def _new_session(self, scope: Scope, now: float) -> AcsSession:
-        key = secrets.token_urlsafe(18)
-        conn = _conn(scope)
+    def _new_session(self, request: Request, now: float) -> AcsSession:
+        key = self._keys.token()
+        conn = request.client
         session = AcsSession(
             key, CwmpSession(key, now, self.settings.session_timeout_seconds), conn
         )
@@ -515,18 +635,17 @@ class Acs:
             if old is not None and old is not session:
                 self.sessions.pop(old.key, None)
             self.by_conn[conn] = session
-        self.metrics.cwmp_sessions_active.set(len(self.sessions))
         return session
 
-    def _find(self, scope: Scope) -> AcsSession | None:
-        cookie = _header(scope, b"cookie")
+    def _find(self, request: Request) -> AcsSession | None:
+        cookie = request.headers.get(b"cookie")
         if cookie:
-            key = _cookie_value(cookie, COOKIE)
+            key = _cookie_value(cookie.decode("latin-1"), COOKIE)
             if key is not None:
                 found = self.sessions.get(key)
                 if found is not None:
                     return found
-        conn = _conn(scope)
+        conn = request.client
         return self.by_conn.get(conn) if conn is not None else None
 
     def _session_headers(self, session: AcsSession) -> list[tuple[bytes, bytes]]:
@@ -537,7 +656,10 @@ class Acs:
 
     def _finish(self, session: AcsSession, result: str) -> None:
         session.ended = True
-        self.metrics.cwmp_sessions.labels(result).inc()
+        if result == "ok":
+            self._sessions_ok.inc()
+        else:
+            self.metrics.cwmp_sessions.labels(result).inc()
         self._forget(session)
 
     def _forget(self, session: AcsSession) -> None:
@@ -546,7 +668,6 @@ class Acs:
             del self.by_conn[session.conn]
         if session.serial and self.by_serial.get(session.serial) is session:
             del self.by_serial[session.serial]
-        self.metrics.cwmp_sessions_active.set(len(self.sessions))
 
     def _drop(self, session: AcsSession | None, why: str, result: str = "dropped") -> None:
         """Forget a session synchronously; its sent task is requeued by `sweep`."""
@@ -652,13 +773,6 @@ def rpc_from_payload(payload: dict[str, Any]) -> Message:
 # ---- ASGI helpers -----------------------------------------------------------
 
 
-def _header(scope: Scope, name: bytes) -> str:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return ""
-
-
 def _cookie_value(header: str, name: str) -> str | None:
     """One cookie's value from a Cookie header (RFC 6265 §5.4: `a=1; b=2`).
     http.cookies.SimpleCookie costs ~20x more and rejects what sloppy CPEs send."""
@@ -669,15 +783,8 @@ def _cookie_value(header: str, name: str) -> str | None:
     return None
 
 
-def _conn(scope: Scope) -> tuple[str, int] | None:
-    client = scope.get("client")
-    if not client:
-        return None
-    return (str(client[0]), int(client[1]))
-
-
-def _client(scope: Scope) -> str:
-    c = _conn(scope)
+def _client(request: Request) -> str:
+    c = request.client
     return f"{c[0]}:{c[1]}" if c else "?"
 
 
@@ -689,8 +796,8 @@ def _target(scope: Scope) -> str:
     return path
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    declared = _header(scope, b"content-length")
+async def _read_body(request: Request, receive: Receive, limit: int) -> bytes:
+    declared = request.header(b"content-length")
     if declared:
         try:
             if int(declared) > limit:
@@ -713,15 +820,20 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _typed(
+    status: int, payload: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Add the Content-Type of a response with a body."""
+    if payload and status != 204:
+        return status, payload, [*headers, *(XML_HEADERS if payload[:5] == b"<?xml" else _TEXT)]
+    return status, payload, headers
+
+
 async def _respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
 ) -> None:
-    out = list(headers or [])
-    if body and status != 204:
-        if body.startswith(b"<?xml"):
-            out.extend(XML_HEADERS)
-        else:
-            out.append((b"content-type", b"text/plain; charset=utf-8"))
-    out.append((b"content-length", str(len(body) if status != 204 else 0).encode()))
+    out = list(headers)
+    if status != 204:
+        out.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body if status != 204 else b""})

@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from daemon.core.activation import is_routine
+from daemon.core.activation import _merge_device, _sighting_changes, is_routine
 from daemon.core.events import DeviceSeen
 from daemon.core.identity import Location
 from daemon.core.orders import Device, DeviceStatus, OrderState
@@ -96,7 +98,7 @@ def test_cache_expiry_bound_and_idle_tokens() -> None:
 
 def test_touches_are_kept_until_written() -> None:
     cache = DeviceCache(ttl=10, max_entries=10)
-    cache.touch(DEV)
+    cache.touch(DEV.serial, DEV.last_seen, "tr069")
     taken = cache.take_touched()
     assert taken == {DEV.serial: (DEV.last_seen, "tr069")}
     cache.restore_touched(taken)  # the write failed
@@ -125,3 +127,29 @@ async def test_writer_thread_transaction_rolls_back_on_error(tmp_path: Path) -> 
             assert await tx.get_device(DEV.serial) == DEV
     finally:
         await store.close()
+
+
+_VALUES = {
+    "vendor_id": ["", "ALCL", "HWTC"],
+    "manufacturer": ["", "Nokia", "Huawei"],
+    "oui": ["", "00D0F6"],
+    "product_class": ["", "G-240W"],
+    "model": ["", "G-240W-F"],
+    "firmware": ["", "1.0", "2.0"],
+    "connection_request_url": [None, "", "http://cpe/cr", "http://cpe/cr2"],
+    "data_model": [None, "tr181", "tr098"],
+    "profile": [None, "nokia", "generic-tr181"],
+    "location": [Location(), LOC, Location("olt-2", "1/1/2", 3)],
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({k: st.sampled_from(v) for k, v in _VALUES.items()}))
+def test_routine_check_agrees_with_the_merge(fields: dict[str, object]) -> None:
+    """The shortcut (`_sighting_changes`) says "nothing changes" exactly when the
+    full merge gives back the stored device apart from last_seen/source."""
+    sighting = seen(**fields)
+    merged = _merge_device(DEV, sighting, T0 + timedelta(hours=1))
+    unchanged = replace(merged, last_seen=DEV.last_seen, source=DEV.source) == DEV
+    assert is_routine(sighting, DEV, OrderState.ACTIVE, T0) == unchanged
+    assert _sighting_changes(DEV, sighting) == (not unchanged)
