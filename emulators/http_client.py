@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import os
+import random
 import re
 import ssl as ssl_module
 import time
@@ -469,7 +469,7 @@ class ClientAuth:
         qops = [q.strip().lower() for q in ch.get("qop", "").split(",") if q.strip()]
         self._nc += 1
         nc = f"{self._nc:08x}"
-        cnonce = os.urandom(8).hex()
+        cnonce = random.randbytes(8).hex()  # an emulator: no syscall per request
         ha1 = _h(algorithm, f"{self.username}:{realm}:{self.password}")
         if algorithm.upper().endswith("-SESS"):
             ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce}")

@@ -87,7 +87,10 @@ def parse_digest(header: str) -> dict[str, str] | None:
         if key in params:
             return None  # RFC 7616 §3.4: each parameter at most once
         quoted = m.group(2)
-        params[key] = _UNESCAPE.sub(r"\1", quoted) if quoted is not None else (m.group(3) or "")
+        if quoted is None:
+            params[key] = m.group(3) or ""
+        else:
+            params[key] = _UNESCAPE.sub(r"\1", quoted) if "\\" in quoted else quoted
         pos = m.end()
     return params
 
@@ -150,6 +153,10 @@ class DigestAuthenticator:
         self.nonce_ttl = nonce_ttl
         self.algorithm = algorithm.upper()
         self._secret = secret
+        # Pure memos of the two costly steps of `verify` (bounded; cleared when full):
+        # nonces already found to carry our signature, and HA1 per credential.
+        self._good_nonces: dict[str, float] = {}
+        self._ha1: dict[tuple[str, str, str], str] = {}
 
     # ------------------------------------------------------------------ nonces
 
@@ -162,6 +169,17 @@ class DigestAuthenticator:
 
     def _nonce_time(self, nonce: str) -> float | None:
         """Issue time of a nonce we signed, else None."""
+        known = self._good_nonces.get(nonce)
+        if known is not None:
+            return known
+        issued = self._check_nonce(nonce)
+        if issued is not None:
+            if len(self._good_nonces) >= 4096:
+                self._good_nonces.clear()
+            self._good_nonces[nonce] = issued
+        return issued
+
+    def _check_nonce(self, nonce: str) -> float | None:
         try:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except (binascii.Error, ValueError):
@@ -231,18 +249,33 @@ class DigestAuthenticator:
         password = lookup(username)
         if password is None:
             return DigestResult(False, username)
-        expected = digest_response(
-            algorithm=algorithm,
-            username=username,
-            realm=self.realm,
-            password=password,
-            method=method,
-            uri=digest_uri,
-            nonce=nonce,
-            nc=nc,
-            cnonce=cnonce,
-            qop=qop.lower(),
-        )
+        if algorithm == "MD5" and qop:
+            # The common case (RFC 7616 §3.4.1, MD5, qop=auth) with HA1 memoised.
+            ha1_key = (username, self.realm, password)
+            ha1 = self._ha1.get(ha1_key)
+            if ha1 is None:
+                if len(self._ha1) >= 65536:
+                    self._ha1.clear()
+                ha1 = self._ha1[ha1_key] = hashlib.md5(
+                    f"{username}:{self.realm}:{password}".encode()
+                ).hexdigest()
+            ha2 = hashlib.md5(f"{method}:{digest_uri}".encode()).hexdigest()
+            expected = hashlib.md5(
+                f"{ha1}:{nonce}:{nc}:{cnonce}:{qop.lower()}:{ha2}".encode()
+            ).hexdigest()
+        else:
+            expected = digest_response(
+                algorithm=algorithm,
+                username=username,
+                realm=self.realm,
+                password=password,
+                method=method,
+                uri=digest_uri,
+                nonce=nonce,
+                nc=nc,
+                cnonce=cnonce,
+                qop=qop.lower(),
+            )
         if not hmac.compare_digest(expected.encode(), response.strip().lower().encode()):
             return DigestResult(False, username)
         # RFC 7616 §3.3: stale only when the credentials were right.
