@@ -419,6 +419,7 @@ class ClientAuth:
     _kind: str | None = None
     _challenge: dict[str, str] | None = None
     _nc: int = 0
+    _ha1: tuple[str, str] = ("", "")  # (algorithm:realm, HA1) of the last digest
 
     @property
     def active(self) -> bool:
@@ -470,7 +471,12 @@ class ClientAuth:
         self._nc += 1
         nc = f"{self._nc:08x}"
         cnonce = random.randbytes(8).hex()  # an emulator: no syscall per request
-        ha1 = _h(algorithm, f"{self.username}:{realm}:{self.password}")
+        ha1_key = f"{algorithm}:{realm}"
+        if self._ha1[0] == ha1_key:
+            ha1 = self._ha1[1]
+        else:
+            ha1 = _h(algorithm, f"{self.username}:{realm}:{self.password}")
+            self._ha1 = (ha1_key, ha1)
         if algorithm.upper().endswith("-SESS"):
             ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce}")
         ha2 = _h(algorithm, f"{method}:{uri}")

@@ -15,6 +15,9 @@ Why that is the same as decoding it (and so keeps every rule of `codec.decode`):
   well-formed or both not, with the same elements, attributes and other text;
 - an entry is stored only after a full `codec.decode` of the body succeeded, gave
   an Inform, and took exactly the cut-out values as its cwmp:ID and CurrentTime.
+Only Informs whose every event is "2 PERIODIC" are kept: those are the ones that
+repeat. A BOOTSTRAP or DIAGNOSTICS COMPLETE Inform is sent once; keeping it would
+only cost memory (and a garbage collector walking more objects).
 So a hit stands for a full, hardened decode of a body that differs from this one
 only in two plain-text values, which the hit carries over. Anything else, including
 every body that fails to decode, goes through `codec.decode` each time.
@@ -32,6 +35,7 @@ from dataclasses import replace
 from daemon.tr069 import codec
 from daemon.tr069.codec import Envelope, Inform
 
+PERIODIC = "2 PERIODIC"
 # Start tags named ID or CurrentTime, any prefix: one scan finds them all.
 _TAGS = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(ID|CurrentTime)[\s/>]")
 # The whole element, anchored at its start tag, with a safe value (group 2).
@@ -81,6 +85,7 @@ class InformMemo:
             isinstance(body, Inform)
             and envelope.cwmp_id == cwmp_id
             and body.current_time == current_time
+            and all(e.code == PERIODIC for e in body.events)
         ):
             self._entries[key] = envelope
             if len(self._entries) > self.max_entries:

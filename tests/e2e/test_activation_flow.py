@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from emulators.cpe import DeviceSpec, Location
+from emulators.cpe import DeviceSpec, EmulatedCpe, Location
 from emulators.fleet import Fleet
 from emulators.scenarios.harness import wait_until
 from tests.e2e.conftest import Lab
@@ -318,3 +318,37 @@ async def test_operator_rpcs_reach_the_device(lab: Lab) -> None:
     assert by_method["Reboot"]["state"] == "done"
     assert cpe.get("Device.WiFi.SSID.1.SSID") == "Renamed"
     assert cpe.rpc_counts["Reboot"] == 1 and cpe.rpc_counts["Download"] == 1
+
+
+async def test_lean_periodic_sessions_and_hand_over_when_work_is_queued(lab: Lab) -> None:
+    """The storm client's wire-level periodic session against the real ACS: routine
+    sessions end with 204 and move last_seen; when work is queued the ACS answers
+    the empty POST with an RPC, the lean path hands over and a full session runs it."""
+    e = lab.running.endpoints
+    serial = "ALCL00E2E700"
+    async with lab.running.client() as api:
+        assert (await api.post("/v1/orders", json=order("o-lean", serial))).status_code == 201
+    # No fleet, so no connection-request server: nothing but our own sessions reach the ACS.
+    cpe = EmulatedCpe(spec(serial, "nokia"), e.acs_url, remember_auth=True)
+    await cpe.run_until_idle([("0 BOOTSTRAP", "")])
+    await wait_state(lab, "o-lean", "active")
+    async with lab.running.client() as api:
+        before = (await api.get(f"/v1/devices/{serial}")).json()["last_seen"]
+        for _ in range(5):
+            rec = await cpe.run_periodic_lean()
+            assert rec.ok, rec.error
+        assert cpe.lean_handed_over == 0
+
+        async def moved() -> bool:
+            return (await api.get(f"/v1/devices/{serial}")).json()["last_seen"] > before
+
+        assert await wait_until(moved, 10)  # the batched last_seen write
+        rpc = {"method": "GetParameterValues", "args": {"names": ["Device.DeviceInfo."]}}
+        assert (await api.post(f"/v1/devices/{serial}/tasks", json=rpc)).status_code == 202
+        rec = await cpe.run_periodic_lean()
+        assert rec.ok, rec.error
+        assert cpe.lean_handed_over == 1 and cpe.rpc_counts["GetParameterValues"] >= 1
+        view = (await api.get(f"/v1/devices/{serial}")).json()
+    task = next(t for t in view["tasks"] if t["kind"] == "rpc")
+    assert task["state"] == "done"
+    assert task["result"]["parameters"]["Device.DeviceInfo.SerialNumber"] == serial
