@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import platform
@@ -751,6 +752,11 @@ async def phase_turnup(
         fleet = await stack.enter_async_context(
             Fleet(running.endpoints.acs_url, specs, max_concurrent_sessions=args.fleet_sessions)
         )
+        # The fleet's parameter trees are a million long-lived objects: without this a
+        # full collection stalls the emulators' loop (and every TR-143 transfer in
+        # flight) for a large fraction of a second.
+        gc.collect()
+        gc.freeze()
         cpu = CpuWindow(pid)
         started = time.monotonic()
         timed_out = False

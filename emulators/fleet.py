@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import hmac
 import itertools
@@ -551,6 +552,10 @@ async def _run_cli(args: argparse.Namespace) -> int:
     async with Fleet(
         args.acs, specs, args.concurrency, args.cr_host, periodic_interval=args.periodic
     ) as fleet:
+        # Thousands of parameter trees live as long as the process: keep full
+        # collections from walking them (a pause stalls every TR-143 transfer).
+        gc.collect()
+        gc.freeze()
         fleet.power_on(args.stagger)
         with Progress(
             TextColumn("[bold]booted"),

@@ -68,6 +68,10 @@ _PARAM = re.compile(
 _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BARE_VALUE = re.compile(r'[^\s,"]*')
+
+
 def parse_digest(header: str) -> dict[str, str] | None:
     """Parameters of a Digest `Authorization` value (keys lower-cased), else None."""
     if len(header) > MAX_HEADER_LENGTH:
@@ -76,9 +80,41 @@ def parse_digest(header: str) -> dict[str, str] | None:
     scheme, _, rest = header.partition(" ")
     if scheme.lower() != "digest":
         return None
+    rest = rest.strip()
+    if "\\" not in rest:
+        fast = _split_params(rest)
+        if fast is not None:
+            return fast
+    return _scan_params(rest)
+
+
+def _split_params(rest: str) -> dict[str, str] | None:
+    """The common shape (`k="v", k=v`, no comma or escape inside a value) by
+    splitting; None when the value is not of that shape, and `_scan_params`,
+    the full grammar, decides. Where both give a result it is the same (tested)."""
+    params: dict[str, str] = {}
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or _TOKEN.fullmatch(key) is None:
+            return None
+        value = value.strip()
+        if value[:1] == '"':
+            if len(value) < 2 or value[-1] != '"' or '"' in value[1:-1]:
+                return None
+            value = value[1:-1]
+        elif _BARE_VALUE.fullmatch(value) is None:
+            return None
+        key = key.lower()
+        if key in params:
+            return None
+        params[key] = value
+    return params
+
+
+def _scan_params(rest: str) -> dict[str, str] | None:
     params: dict[str, str] = {}
     pos = 0
-    rest = rest.strip()
     while pos < len(rest):
         m = _PARAM.match(rest, pos)
         if m is None or m.end() == pos:

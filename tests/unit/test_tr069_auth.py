@@ -315,3 +315,24 @@ def test_httpx_digest_client_is_accepted(algorithm: str) -> None:
     )
     second = flow.send(challenge)
     assert not a.verify(second.headers["Authorization"], "POST", lookup, T0 + 1).ok
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab=", \\\t\nxyzAZ09-_', max_size=60))
+def test_digest_split_fast_path_agrees_with_the_full_grammar(rest: str) -> None:
+    from daemon.tr069.auth import _scan_params, _split_params
+
+    fast = _split_params(rest)
+    assert fast is None or fast == _scan_params(rest)
+
+
+def test_digest_split_fast_path_takes_the_common_shape() -> None:
+    from daemon.tr069.auth import _scan_params, _split_params
+
+    rest = (
+        'username="cpe", realm="turnup", nonce="abc-_", uri="/acs", algorithm=MD5, '
+        'response="0123abcd", qop=auth, nc=00000001, cnonce="ff00"'
+    )
+    assert _split_params(rest) == _scan_params(rest) is not None
+    assert _split_params('uri="/acs?a=1,2"') is None  # a comma inside: the full grammar decides
+    assert _scan_params('uri="/acs?a=1,2"') == {"uri": "/acs?a=1,2"}
