@@ -36,6 +36,7 @@ from daemon.tr069 import codec
 from daemon.tr069.codec import Envelope, Inform
 
 PERIODIC = "2 PERIODIC"
+_PERIODIC_BYTES = PERIODIC.encode()
 # Start tags named ID or CurrentTime, any prefix: one scan finds them all.
 _TAGS = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(ID|CurrentTime)[\s/>]")
 # The whole element, anchored at its start tag, with a safe value (group 2).
@@ -61,8 +62,8 @@ class InformMemo:
 
     def decode(self, data: bytes) -> Envelope:
         """`codec.decode(data)`, from the memo when an equal Inform was decoded."""
-        if self.max_entries <= 0:
-            return codec.decode(data)
+        if self.max_entries <= 0 or _PERIODIC_BYTES not in data:
+            return codec.decode(data)  # (cannot be a periodic Inform: not worth the cut)
         cut = _cut(data)
         if cut is None:
             return codec.decode(data)
