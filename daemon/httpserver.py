@@ -47,8 +47,7 @@ import structlog
 log = structlog.get_logger("turnup.http")
 
 MAX_QUEUED = 4  # parsed requests waiting behind the one in flight
-MAX_HEADERS = 100
-MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_BYTES = 16 * 1024  # names + values, plus 32 per header (at most 512 headers)
 
 Headers = list[tuple[bytes, bytes]]
 Response = tuple[int, bytes, Headers]
@@ -261,8 +260,9 @@ class _Connection(asyncio.Protocol):
             self._refuse(414, b"request target too long\n")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
-        if len(self._headers) >= MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+        # A header costs at least 32 bytes in this budget, so it also bounds the count.
+        self._header_bytes += len(name) + len(value) + 32
+        if self._header_bytes > MAX_HEADER_BYTES:
             self._refuse(431, b"request headers too large\n")
         name = name.lower()
         self._headers.append((name, value))

@@ -397,6 +397,20 @@ def parse_challenges(values: Iterable[str]) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+_CHALLENGES: dict[tuple[str, ...], list[tuple[str, dict[str, str]]]] = {}
+
+
+def _parsed_challenges(values: tuple[str, ...]) -> list[tuple[str, dict[str, str]]]:
+    """`parse_challenges`, remembered: an ACS sends the same challenge to many CPEs
+    (the result is shared; callers only read it)."""
+    parsed = _CHALLENGES.get(values)
+    if parsed is None:
+        if len(_CHALLENGES) >= 256:
+            _CHALLENGES.clear()
+        parsed = _CHALLENGES[values] = parse_challenges(values)
+    return parsed
+
+
 def _h(algorithm: str, data: str) -> str:
     name = "sha256" if algorithm.upper().startswith("SHA-256") else "md5"
     return hashlib.new(name, data.encode("utf-8")).hexdigest()
@@ -435,7 +449,7 @@ class ClientAuth:
 
     def on_challenge(self, headers: Headers) -> bool:
         """Take up a 401's challenge; False if this CPE cannot answer it."""
-        challenges = parse_challenges(headers.get_all("www-authenticate"))
+        challenges = _parsed_challenges(tuple(headers.get_all("www-authenticate")))
         self.challenges_seen = [s for s, _ in challenges]
         if self.scheme == "none":
             self.last_error = "401 but the CPE is configured without authentication"

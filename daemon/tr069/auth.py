@@ -70,6 +70,10 @@ _UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BARE_VALUE = re.compile(r'[^\s,"]*')
+# Tokens already (RFC 7616 §3.4 parameter names): no regex needed for these.
+_DIGEST_KEYS = frozenset(
+    "username realm nonce uri algorithm response qop nc cnonce opaque userhash".split()
+)
 
 
 def parse_digest(header: str) -> dict[str, str] | None:
@@ -96,7 +100,7 @@ def _split_params(rest: str) -> dict[str, str] | None:
     for part in rest.split(","):
         key, eq, value = part.partition("=")
         key = key.strip()
-        if not eq or _TOKEN.fullmatch(key) is None:
+        if not eq or (key not in _DIGEST_KEYS and _TOKEN.fullmatch(key) is None):
             return None
         value = value.strip()
         if value[:1] == '"':
