@@ -202,8 +202,10 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok\n"})
 
 
-def serve_bare(port_file: str) -> int:
-    """Child-process entry: serve `bare_app` pinned to DAEMON_CPU; write the port."""
+def serve_bare(port_file: str, server_kind: str = "uvicorn") -> int:
+    """Child-process entry: serve `bare_app` pinned to DAEMON_CPU; write the port.
+    `server_kind` "builtin": the same answers from turnup's ACS server
+    (`daemon/httpserver.py`) instead of uvicorn."""
     import uvicorn
 
     if can_pin():
@@ -212,6 +214,8 @@ def serve_bare(port_file: str) -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(2048)
+    if server_kind == "builtin":
+        return _serve_bare_builtin(sock, port_file)
     config = uvicorn.Config(
         bare_app,
         loop="uvloop",
@@ -230,15 +234,42 @@ def serve_bare(port_file: str) -> int:
     return 0
 
 
+def _serve_bare_builtin(sock: socket.socket, port_file: str) -> int:
+    import uvloop
+
+    from daemon.httpserver import HttpServer, Request, Response
+
+    answer: Response = (200, b"ok\n", [(b"content-type", b"text/plain")])
+
+    async def handler(request: Request) -> Response:
+        return answer
+
+    async def main() -> None:
+        await HttpServer(handler, max_body_bytes=1 << 20).serve(sock)
+
+    sock.setblocking(False)
+    tmp = Path(port_file + ".tmp")
+    tmp.write_text(str(sock.getsockname()[1]))
+    tmp.replace(port_file)  # readers connect once it exists; the backlog holds them
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(main())
+    return 0
+
+
 @contextlib.asynccontextmanager
-async def bare_server(workdir: Path) -> AsyncIterator[tuple[int, int]]:
+async def bare_server(
+    workdir: Path, server_kind: str = "uvicorn"
+) -> AsyncIterator[tuple[int, int]]:
     """(port, pid) of the bare endpoint in a child process."""
-    port_file = workdir / "bare.port"
+    port_file = workdir / f"bare-{server_kind}.port"
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(SCRIPT),
         "--serve-bare",
         str(port_file),
+        "--bare-server",
+        server_kind,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=(workdir / "bare.log").open("ab"),
     )
@@ -362,6 +393,64 @@ async def phase_bare(args: argparse.Namespace, workdir: Path, res: Results, cons
         )
     )
     console.print(f"   {rps:,.0f} POST/s (server CPU {server_cpu:.0f}%)")
+
+
+async def session_floor(port: int, pid: int, sessions: int, conns: int) -> tuple[float, float]:
+    """(sessions/s, server CPU µs per session) for CWMP-shaped sessions against a bare
+    endpoint: a new TCP connection, a POST with a 1.8 KB body, an empty POST, close
+    (the wire client the storms use)."""
+    from emulators.wire import _ClientProtocol
+
+    body = b"x" * 1800
+    first = (
+        b"POST /acs HTTP/1.1\r\nHost: bench\r\nContent-Type: text/xml\r\n"
+        b"Content-Length: 1800\r\n\r\n" + body
+    )
+    second = b"POST /acs HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\n\r\n"
+    loop = asyncio.get_running_loop()
+    todo = iter(range(sessions))
+
+    async def worker() -> None:
+        for _ in todo:
+            _, proto = await loop.create_connection(_ClientProtocol, "127.0.0.1", port)
+            try:
+                for data in (first, second):
+                    if (await proto.request(data)).status != 200:
+                        raise RuntimeError("bare endpoint did not answer 200")
+            finally:
+                assert proto.transport is not None
+                proto.transport.close()
+
+    cpu_before = proc_cpu_seconds(pid)
+    started = time.monotonic()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(conns):
+            tg.create_task(worker())
+    elapsed = time.monotonic() - started
+    return sessions / elapsed, (proc_cpu_seconds(pid) - cpu_before) / sessions * 1e6
+
+
+async def phase_floor(args: argparse.Namespace, workdir: Path, res: Results, console: Any) -> None:
+    """Why the ACS listener has its own server: the per-session cost of the server
+    alone, uvicorn against `daemon/httpserver.py`, on the same bare answers."""
+    sessions = 3000 if args.quick else 20000
+    console.print(
+        f"[bold]1b. server floor[/]: {sessions:,} bare CWMP-shaped sessions "
+        "(new connection, 1.8 KB POST, empty POST), 64 at once"
+    )
+    figures = []
+    for kind in ("uvicorn", "builtin"):
+        async with bare_server(workdir, kind) as (port, pid):
+            async with asyncio.timeout(120):
+                await session_floor(port, pid, 500, 64)  # warm-up
+                rate, us = await session_floor(port, pid, sessions, 64)
+        figures.append((kind, rate, us))
+        console.print(f"   {kind}: {rate:,.0f} sessions/s, server {us:.0f} µs CPU per session")
+    (_, u_rate, u_us), (_, b_rate, b_us) = figures
+    res.detail(
+        "server floor, bare sessions: uvicorn / built-in",
+        f"{u_rate:,.0f}/s at {u_us:.0f} µs server CPU each / {b_rate:,.0f}/s at {b_us:.0f} µs",
+    )
 
 
 # ----------------------------------------------------------------- 2. turnup
@@ -1089,6 +1178,11 @@ async def run(args: argparse.Namespace) -> int:
                 await phase_bare(args, workdir, res, console)
             except Exception as exc:
                 res.rows.append(Row("bare ASGI POST/s", f"failed: {exc}", "reference", None))
+            if args.storm_sessions != 0:
+                try:
+                    await phase_floor(args, workdir, res, console)
+                except Exception as exc:
+                    res.detail("server floor", f"failed: {exc}")
             for i, n in enumerate(args.devices):
                 try:
                     await phase_turnup(args, n, i == 0, workdir, res, console, profiler)
@@ -1172,6 +1266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--serve-bare", metavar="PORT_FILE", help=argparse.SUPPRESS)
+    ap.add_argument("--bare-server", default="uvicorn", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     raw = args.devices or ("200" if args.quick else "1000,10000")
     args.devices = sorted({int(x) for x in raw.split(",") if x.strip()})
@@ -1183,7 +1278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_bare:
-        return serve_bare(args.serve_bare)
+        return serve_bare(args.serve_bare, args.bare_server)
     if can_pin():
         pin_self(LOAD_CPU)  # before any thread exists, so every helper thread inherits it
     if not args.uvloop:

@@ -433,7 +433,8 @@ class ClientAuth:
     _kind: str | None = None
     _challenge: dict[str, str] | None = None
     _nc: int = 0
-    _ha1: tuple[str, str] = ("", "")  # (algorithm:realm, HA1) of the last digest
+    # (key, header head, header tail, HA1, HA2, qop=auth) for the last challenge/method/URI
+    _static: tuple[object, str, str, str, str, bool] = (None, "", "", "", "", False)
 
     @property
     def active(self) -> bool:
@@ -479,37 +480,32 @@ class ClientAuth:
 
     def _digest(self, method: str, uri: str, ch: dict[str, str]) -> str:
         algorithm = ch.get("algorithm", "MD5")
-        realm = ch.get("realm", "")
         nonce = ch.get("nonce", "")
-        qops = [q.strip().lower() for q in ch.get("qop", "").split(",") if q.strip()]
         self._nc += 1
         nc = f"{self._nc:08x}"
         cnonce = random.randbytes(8).hex()  # an emulator: no syscall per request
-        ha1_key = f"{algorithm}:{realm}"
-        if self._ha1[0] == ha1_key:
-            ha1 = self._ha1[1]
-        else:
+        cached = self._static[0]  # holds `ch`, so an identity test is safe
+        if not (isinstance(cached, tuple) and cached[0] is ch and cached[1:] == (method, uri)):
+            key = (ch, method, uri)
+            # What stays the same for every request of this challenge, method and URI.
+            realm = ch.get("realm", "")
+            qops = [q.strip().lower() for q in ch.get("qop", "").split(",") if q.strip()]
             ha1 = _h(algorithm, f"{self.username}:{realm}:{self.password}")
-            self._ha1 = (ha1_key, ha1)
+            head = (
+                f'Digest username="{_quote(self.username)}", realm="{_quote(realm)}", '
+                f'nonce="{_quote(nonce)}", uri="{_quote(uri)}", algorithm={algorithm}'
+            )
+            tail = f', opaque="{_quote(ch["opaque"])}"' if "opaque" in ch else ""
+            ha2 = _h(algorithm, f"{method}:{uri}")
+            self._static = (key, head, tail, ha1, ha2, "auth" in qops)
+        _, head, tail, ha1, ha2, qop_auth = self._static
         if algorithm.upper().endswith("-SESS"):
             ha1 = _h(algorithm, f"{ha1}:{nonce}:{cnonce}")
-        ha2 = _h(algorithm, f"{method}:{uri}")
-        parts = [
-            f'username="{_quote(self.username)}"',
-            f'realm="{_quote(realm)}"',
-            f'nonce="{_quote(nonce)}"',
-            f'uri="{_quote(uri)}"',
-            f"algorithm={algorithm}",
-        ]
-        if "auth" in qops:
+        if qop_auth:
             response = _h(algorithm, f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
-            parts += [f'response="{response}"', "qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
-        else:  # RFC 2069 compatibility
-            response = _h(algorithm, f"{ha1}:{nonce}:{ha2}")
-            parts.append(f'response="{response}"')
-        if "opaque" in ch:
-            parts.append(f'opaque="{_quote(ch["opaque"])}"')
-        return "Digest " + ", ".join(parts)
+            return f'{head}, response="{response}", qop=auth, nc={nc}, cnonce="{cnonce}"{tail}'
+        response = _h(algorithm, f"{ha1}:{nonce}:{ha2}")  # RFC 2069 compatibility
+        return f'{head}, response="{response}"{tail}'
 
 
 def _quote(s: str) -> str:
