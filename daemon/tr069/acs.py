@@ -57,7 +57,7 @@ from daemon.tr069.codec import (
     TransferComplete,
     TransferCompleteResponse,
 )
-from daemon.tr069.memo import InformMemo
+from daemon.tr069.memo import PERIODIC, InformMemo
 from daemon.tr069.profiles import Profile, ProfileSet
 from daemon.tr069.session import (
     CpeRequestReceived,
@@ -150,6 +150,7 @@ class Acs:
         self._sessions_ok = metrics.cwmp_sessions.labels("ok")
         self._keys = _KeyPool()
         self.memo = InformMemo(settings.inform_memo_entries)
+        self._sightings: dict[int, tuple[Any, Any, Any, tuple[str, Profile, DeviceSeen]]] = {}
 
     # ---- ASGI entry -------------------------------------------------------
 
@@ -356,7 +357,30 @@ class Acs:
 
     def _sighting(self, inform: Inform) -> tuple[str, Profile, DeviceSeen]:
         """(serial, vendor profile, the sighting) an Inform stands for; raises
-        InvalidSerial for a serial number turnup cannot read."""
+        InvalidSerial for a serial number turnup cannot read.
+
+        An Inform answered from the memo shares its DeviceId, events and parameters
+        objects with the first decode; so does its sighting (kept here, checked by
+        identity, which holding the objects makes safe)."""
+        key = id(inform.parameters)
+        known = self._sightings.get(key)
+        if (
+            known is not None
+            and known[0] is inform.parameters
+            and known[1] is inform.device_id
+            and known[2] is inform.events
+        ):
+            return known[3]
+        result = self._sighting_of(inform)
+        if len(self._sightings) >= self.settings.inform_memo_entries:
+            self._sightings.clear()
+        if self.settings.inform_memo_entries and all(
+            e.code == PERIODIC for e in inform.events
+        ):  # the ones the memo keeps: they come again
+            self._sightings[key] = (inform.parameters, inform.device_id, inform.events, result)
+        return result
+
+    def _sighting_of(self, inform: Inform) -> tuple[str, Profile, DeviceSeen]:
         device_id = inform.device_id
         serial = parse_serial(device_id.serial_number)
         params = {p.name: p.value for p in inform.parameters}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.tr069.codec import CwmpDecodeError, decode
-from daemon.tr069.memo import InformMemo
+from daemon.tr069.memo import InformMemo, _start_tags
 
 VECTORS = Path(__file__).parent.parent / "vectors" / "tr069"
 
@@ -134,3 +135,38 @@ def test_only_periodic_informs_are_kept() -> None:
     for _ in range(2):
         assert memo.decode(boot) == decode(boot)
     assert (memo.hits, len(memo)) == (0, 0)
+
+
+_TAG_RE = re.compile(rb"<(?:[A-Za-z_][\w.-]*:)?(ID|CurrentTime)[\s/>]")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"<",
+                b">",
+                b"/",
+                b":",
+                b"ID",
+                b"CurrentTime",
+                b"cwmp",
+                b" ",
+                b"x",
+                b"S",
+                b"\n",
+                b"=",
+                b'"',
+            ]
+        ),
+        max_size=40,
+    )
+)
+def test_start_tag_finder_agrees_with_a_regex_scan(parts: list[bytes]) -> None:
+    """In a body without comments, CDATA or PIs, the cheap finder sees exactly the
+    start tags a full regex scan sees."""
+    data = b"".join(parts)
+    for name in (b"ID", b"CurrentTime"):
+        expected = [m.start() for m in _TAG_RE.finditer(data) if m.group(1) == name]
+        assert _start_tags(data, name) == expected
