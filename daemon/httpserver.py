@@ -2,8 +2,8 @@
 
 Why not uvicorn here (it still serves the control API and the speed-test server):
 a CWMP session is a new TCP connection carrying two or three short requests. On
-the benchmark machine uvicorn spends ~124 µs of server CPU per such session with
-an app that does nothing, this server ~60 µs (bench/README.md, "The ACS server").
+the benchmark machine uvicorn spends ~128 µs of server CPU per such session with
+an app that does nothing, this server ~77 µs (`bench/acs.py`, phase "server floor").
 At the issue's target that difference is a third of the whole per-session budget.
 
 What it does, and nothing more:
