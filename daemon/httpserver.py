@@ -13,6 +13,8 @@ What it does, and nothing more:
   refused before the body arrives: 413 and close); chunked bodies are accepted;
 - `Expect: 100-continue` is answered;
 - malformed requests get 400 and the connection is closed (`on_malformed` counts);
+- a peer that does not read its answers is not read from either (reading pauses
+  while the transport's write buffer is above its high-water mark);
 - one sweep per second closes connections idle past `keepalive_timeout` and those
   that started a request but did not finish it within `request_timeout`
   (slow-loris bound);
@@ -179,7 +181,8 @@ class _Connection(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.queue: deque[tuple[Request, bool]] = deque()
         self.busy = False  # a handler is running for this connection
-        self.paused = False
+        self.paused = False  # reading paused (queue full, or writes backed up)
+        self.write_paused = False
         self.closed = False
         self.eof = False
         self.last_activity = self.loop.time()
@@ -235,6 +238,19 @@ class _Connection(asyncio.Protocol):
         if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
+
+    def pause_writing(self) -> None:
+        # The answers are piling up in the transport (a peer that pipelines requests
+        # and does not read): stop reading and answering until they drain.
+        self.write_paused = True
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.busy and not self.closed:
+            self._next()
 
     def eof_received(self) -> bool | None:
         # The peer finished sending. Answer what is queued, then close.
@@ -315,6 +331,8 @@ class _Connection(asyncio.Protocol):
         the first one that needs the async handler, in a task."""
         immediate = self.server.immediate
         while self.queue and not self.closed:
+            if self.write_paused:
+                return  # the peer is not reading its answers; `resume_writing` goes on
             request, keep_alive = self.queue.popleft()
             if immediate is not None:
                 try:

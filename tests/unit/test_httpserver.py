@@ -226,3 +226,25 @@ def test_encode_response_refuses_header_injection() -> None:
     assert encode_response(204, b"", [], True) == b"HTTP/1.1 204 No Content\r\n\r\n"
     with pytest.raises(ValueError):
         encode_response(200, b"", [(b"x", b"a\r\nb: c")], True)
+
+
+async def test_a_peer_that_does_not_read_is_not_answered_without_bound() -> None:
+    """Pipelined requests from a peer that never reads: answering stops once the
+    transport's buffer is full, and goes on when the peer reads."""
+    answered: list[int] = []
+    big = b"x" * 65536
+
+    def immediate(request: Request) -> Response:
+        answered.append(1)
+        return 200, big, []
+
+    total = 400  # 400 x 64 KiB of answers: far more than the socket buffers hold
+    async with serving(immediate=immediate) as (_, port):
+        r, w = await connect(port)
+        w.write(post("/x") * total)
+        await asyncio.sleep(0.5)
+        assert 0 < len(answered) < total
+        for _ in range(total):
+            status, _, body = await read_response(r)
+            assert status == 200 and len(body) == len(big)
+    assert len(answered) == total
