@@ -198,6 +198,12 @@ def on_device_seen(
             acc.note(
                 "test.results_ready", now, bound_order, dev.serial, direction=bound_order.test_phase
             )
+        if bound_order.state is S.ACTIVE and seen.bootstrap:
+            # A live service's device came back from a factory reset (or was swapped
+            # for a new unit with the same serial): it lost its configuration. Push it
+            # again; the order stays active and billing is not told anything new.
+            acc.effects.append(PushConfiguration(bound_order.id, dev.serial))
+            acc.note("device.bootstrap_reconfigure", now, bound_order, dev.serial)
         return Outcome(dev, (), tuple(acc.effects))
 
     result = match(dev.serial, dev.location, [o for o in candidates if o.state in OPEN_STATES])
@@ -344,6 +350,14 @@ def apply(
                 )
         case ConfigFaulted(reason=reason) if order.state is S.CONFIGURING:
             new = _fail(order, f"configuration refused: {reason}", dev, now, acc)
+        case ConfigApplied() if order.state is S.ACTIVE:
+            # The configuration pushed again after a BOOTSTRAP reached the device.
+            acc.note("order.reconfigured", now, order, order.device_serial)
+            return Outcome(None, (), tuple(acc.effects))
+        case ConfigFaulted(reason=reason) if order.state is S.ACTIVE:
+            # Kept in the event log for the NOC; the service was verified and billed.
+            acc.note("order.reconfigure_failed", now, order, order.device_serial, reason=reason)
+            return Outcome(None, (), tuple(acc.effects))
         case ThroughputMeasured(result=result) if order.state is S.TESTING:
             new = _measured(order, result, plan, dev, policy, now, acc)
         case TestFaulted(reason=reason) if order.state is S.TESTING:
@@ -611,7 +625,7 @@ def is_routine(
     device is not re-matched here: a new order looks for known devices itself
     (`on_order_placed`).
     """
-    if seen.diagnostics_complete or seen.serial != device.serial:
+    if seen.diagnostics_complete or seen.bootstrap or seen.serial != device.serial:
         return False
     if _sighting_changes(device, seen):
         return False

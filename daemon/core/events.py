@@ -34,6 +34,7 @@ class DeviceSeen:
     data_model: str | None = None
     profile: str | None = None
     diagnostics_complete: bool = False  # CWMP "8 DIAGNOSTICS COMPLETE"
+    bootstrap: bool = False  # CWMP "0 BOOTSTRAP": the device lost its ACS-given state
 
 
 @dataclass(frozen=True, slots=True)

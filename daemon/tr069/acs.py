@@ -405,6 +405,7 @@ class Acs:
             diagnostics_complete=any(
                 e.code.strip().upper() == "8 DIAGNOSTICS COMPLETE" for e in inform.events
             ),
+            bootstrap=any(e.code.strip().upper() == "0 BOOTSTRAP" for e in inform.events),
         )
         return serial.text, profile, seen
 

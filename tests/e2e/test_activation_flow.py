@@ -352,3 +352,62 @@ async def test_lean_periodic_sessions_and_hand_over_when_work_is_queued(lab: Lab
     task = next(t for t in view["tasks"] if t["kind"] == "rpc")
     assert task["state"] == "done"
     assert task["result"]["parameters"]["Device.DeviceInfo.SerialNumber"] == serial
+
+
+async def test_object_rpcs_and_factory_reset_of_a_live_service(lab: Lab) -> None:
+    """AddObject and DeleteObject through the API reach the device; after a
+    FactoryReset the device bootstraps with its defaults and the ACS pushes the
+    service configuration again. The order stays active; billing hears nothing new."""
+    e = lab.running.endpoints
+    serial = "ALCL00E2E800"
+    async with lab.running.client() as api:
+        assert (await api.post("/v1/orders", json=order("o-reset", serial))).status_code == 201
+    async with Fleet(e.acs_url, [spec(serial, "nokia")]) as fleet:
+        fleet.power_on()
+        await wait_state(lab, "o-reset", "active")
+        cpe = fleet.by_serial[serial]
+        assert cpe.get(SSID_PATH["nokia"]) == "Home-o-reset"
+        async with lab.running.client() as api:
+
+            async def run(rpc: dict[str, Any]) -> dict[str, Any]:
+                r = await api.post(f"/v1/devices/{serial}/tasks", json=rpc)
+                assert r.status_code == 202, r.text
+                task_id = r.json()["task_id"]
+
+                async def done() -> dict[str, Any] | None:
+                    view = (await api.get(f"/v1/devices/{serial}")).json()
+                    task = next(t for t in view["tasks"] if t["id"] == task_id)
+                    return task if task["state"] in ("done", "faulted") else None
+
+                assert await wait_until(done, 30)
+                task = await done()
+                assert task is not None
+                return task
+
+            added = await run({"method": "AddObject", "args": {"object_name": "Device.WiFi.SSID."}})
+            assert added["state"] == "done", added
+            n = added["result"]["instance_number"]
+            assert n >= 2 and f"Device.WiFi.SSID.{n}.SSID" in cpe.tree
+            deleted = await run(
+                {"method": "DeleteObject", "args": {"object_name": f"Device.WiFi.SSID.{n}."}}
+            )
+            assert deleted["state"] == "done", deleted
+            assert f"Device.WiFi.SSID.{n}.SSID" not in cpe.tree
+
+            reset = await run({"method": "FactoryReset", "args": {}})
+            assert reset["state"] == "done", reset
+
+            async def reconfigured() -> bool:
+                page = (await api.get("/v1/events", params={"serial": serial, "limit": 500})).json()
+                return any(ev["kind"] == "order.reconfigured" for ev in page["items"])
+
+            assert await wait_until(reconfigured, 30)
+            page = (await api.get("/v1/events", params={"serial": serial, "limit": 500})).json()
+        kinds = [ev["kind"] for ev in page["items"]]
+        assert "device.bootstrap_reconfigure" in kinds
+        assert cpe.rpc_counts["FactoryReset"] == 1
+        assert cpe.get(SSID_PATH["nokia"]) == "Home-o-reset"  # the defaults were replaced
+        assert cpe.get(VLAN_PATH["nokia"]) == "100"
+    assert await state_of(lab, "o-reset") == "active"
+    activated = [r for r in webhooks(lab, "service.activated") if r.data["order_id"] == "o-reset"]
+    assert len(activated) == 1

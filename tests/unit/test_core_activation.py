@@ -271,3 +271,26 @@ def test_read_results_only_when_testing() -> None:
     o, dev = matched_order()
     out = on_device_seen(seen(diagnostics_complete=True), dev, o, [], PLANS, POLICY, T0)  # type: ignore[arg-type]
     assert not any(isinstance(e, ReadThroughputResult) for e in out.effects)
+
+
+def test_bootstrap_of_an_active_device_pushes_its_configuration_again() -> None:
+    o, dev = matched_order()
+    active = replace(o, state=OrderState.ACTIVE)
+    out = on_device_seen(seen(bootstrap=True), dev, active, [], PLANS, POLICY, T0)  # type: ignore[arg-type]
+    assert kinds(out.effects) == ["PushConfiguration"] and out.orders == ()
+    notes = [e.kind for e in out.effects if type(e).__name__ == "Note"]
+    assert notes == ["device.bootstrap_reconfigure"]
+    # a plain periodic Inform (or a BOOTSTRAP before the service is live) does not
+    assert kinds(on_device_seen(seen(), dev, active, [], PLANS, POLICY, T0).effects) == []  # type: ignore[arg-type]
+    testing = replace(o, state=OrderState.TESTING, test_phase="download")
+    assert "PushConfiguration" not in kinds(
+        on_device_seen(seen(bootstrap=True), dev, testing, [], PLANS, POLICY, T0).effects  # type: ignore[arg-type]
+    )
+    # its answer is recorded and changes no state; no second service.activated
+    done = apply(active, ConfigApplied(o.id), PLAN, dev, POLICY, T0)  # type: ignore[arg-type]
+    assert done.orders == () and webhooks(done.effects) == []
+    assert [e.kind for e in done.effects] == ["order.reconfigured"]
+    refused = apply(active, ConfigFaulted(o.id, "9007"), PLAN, dev, POLICY, T0)  # type: ignore[arg-type]
+    assert refused.orders == () and [e.kind for e in refused.effects] == [
+        "order.reconfigure_failed"
+    ]
