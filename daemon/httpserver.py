@@ -2,9 +2,9 @@
 
 Why not uvicorn here (it still serves the control API and the speed-test server):
 a CWMP session is a new TCP connection carrying two or three short requests. On
-the benchmark machine uvicorn spends ~128 µs of server CPU per such session with
-an app that does nothing, this server ~77 µs (`bench/acs.py`, phase "server floor").
-At the issue's target that difference is a third of the whole per-session budget.
+the benchmark machine uvicorn spends ~130 µs of server CPU per such session with
+an app that does nothing, this server ~75 µs (`bench/acs.py`, phase "server floor").
+At the issue's target (~210 µs per session) that difference is a quarter of the budget.
 
 What it does, and nothing more:
 - HTTP/1.0 and 1.1 requests, keep-alive, pipelined requests answered in order
