@@ -248,3 +248,17 @@ async def test_a_peer_that_does_not_read_is_not_answered_without_bound() -> None
             status, _, body = await read_response(r)
             assert status == 200 and len(body) == len(big)
     assert len(answered) == total
+
+
+async def test_oversized_request_line_and_headers_are_refused() -> None:
+    malformed: list[int] = []
+    async with serving(on_malformed=lambda: malformed.append(1)) as (_, port):
+        r, w = await connect(port)
+        w.write(b"POST /" + b"a" * 20_000 + b" HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert (await read_response(r))[0] == 414
+        assert await closed(r)
+        r, w = await connect(port)
+        w.write(b"POST /x HTTP/1.1\r\n" + b"X-Filler: 0123456789\r\n" * 1000 + b"\r\n")
+        assert (await read_response(r))[0] == 431
+        assert await closed(r)
+    assert len(malformed) == 2
