@@ -45,12 +45,6 @@ class WireResponse:
     headers: list[tuple[bytes, bytes]]
     body: bytes
 
-    def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
     def header_all(self, name: bytes) -> list[bytes]:
         return [v for k, v in self.headers if k == name]
 
@@ -63,7 +57,6 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiter: asyncio.Future[WireResponse] | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.head: tuple[int, list[tuple[bytes, bytes]], int] | None = None
         self.chunked = False
 
@@ -72,8 +65,6 @@ class _ClientProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(WireError("connection closed by the ACS", retryable=True))
 
