@@ -147,15 +147,18 @@ def digest_response(
     nc: str = "",
     cnonce: str = "",
     qop: str = "",
+    ha1: str | None = None,
 ) -> str:
     """The `response` value of RFC 7616 §3.4.1 (or RFC 2069 when qop is empty).
 
     `algorithm` is "MD5", "SHA-256" or either with "-sess". Raises KeyError
-    for an unknown algorithm.
+    for an unknown algorithm. `ha1`: H(username:realm:password) if the caller
+    has it already (it depends on the credential only).
     """
     base, sess, _ = algorithm.upper().partition("-SESS")
     h = _HASHES[base]
-    ha1 = h(f"{username}:{realm}:{password}".encode())
+    if ha1 is None:
+        ha1 = h(f"{username}:{realm}:{password}".encode())
     if sess:
         ha1 = h(f"{ha1}:{nonce}:{cnonce}".encode())
     ha2 = h(f"{method}:{uri}".encode())
@@ -196,7 +199,7 @@ class DigestAuthenticator:
         # Pure memos of the two costly steps of `verify` (bounded; cleared when full):
         # nonces already found to carry our signature, and HA1 per credential.
         self._good_nonces: dict[str, float] = {}
-        self._ha1: dict[tuple[str, str, str], str] = {}
+        self._ha1: dict[tuple[str, str, str], str] = {}  # (algorithm, user, password)
 
     # ------------------------------------------------------------------ nonces
 
@@ -231,6 +234,17 @@ class DigestAuthenticator:
             return None
         issued: float = struct.unpack(">d", head[:8])[0]
         return issued
+
+    def _ha1_of(self, base_algorithm: str, username: str, password: str) -> str:
+        key = (base_algorithm, username, password)
+        ha1 = self._ha1.get(key)
+        if ha1 is None:
+            if len(self._ha1) >= 65536:
+                self._ha1.clear()
+            ha1 = self._ha1[key] = _HASHES[base_algorithm](
+                f"{username}:{self.realm}:{password}".encode()
+            )
+        return ha1
 
     # ------------------------------------------------------------------ server
 
@@ -289,33 +303,19 @@ class DigestAuthenticator:
         password = lookup(username)
         if password is None:
             return DigestResult(False, username)
-        if algorithm == "MD5" and qop:
-            # The common case (RFC 7616 §3.4.1, MD5, qop=auth) with HA1 memoised.
-            ha1_key = (username, self.realm, password)
-            ha1 = self._ha1.get(ha1_key)
-            if ha1 is None:
-                if len(self._ha1) >= 65536:
-                    self._ha1.clear()
-                ha1 = self._ha1[ha1_key] = hashlib.md5(
-                    f"{username}:{self.realm}:{password}".encode()
-                ).hexdigest()
-            ha2 = hashlib.md5(f"{method}:{digest_uri}".encode()).hexdigest()
-            expected = hashlib.md5(
-                f"{ha1}:{nonce}:{nc}:{cnonce}:{qop.lower()}:{ha2}".encode()
-            ).hexdigest()
-        else:
-            expected = digest_response(
-                algorithm=algorithm,
-                username=username,
-                realm=self.realm,
-                password=password,
-                method=method,
-                uri=digest_uri,
-                nonce=nonce,
-                nc=nc,
-                cnonce=cnonce,
-                qop=qop.lower(),
-            )
+        expected = digest_response(
+            algorithm=algorithm,
+            username=username,
+            realm=self.realm,
+            password=password,
+            method=method,
+            uri=digest_uri,
+            nonce=nonce,
+            nc=nc,
+            cnonce=cnonce,
+            qop=qop.lower(),
+            ha1=self._ha1_of(algorithm.partition("-SESS")[0], username, password),
+        )
         if not hmac.compare_digest(expected.encode(), response.strip().lower().encode()):
             return DigestResult(False, username)
         # RFC 7616 §3.3: stale only when the credentials were right.
