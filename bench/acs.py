@@ -399,7 +399,7 @@ async def session_floor(port: int, pid: int, sessions: int, conns: int) -> tuple
     """(sessions/s, server CPU µs per session) for CWMP-shaped sessions against a bare
     endpoint: a new TCP connection, a POST with a 1.8 KB body, an empty POST, close
     (the wire client the storms use)."""
-    from emulators.wire import _ClientProtocol
+    from emulators.wire import ClientProtocol
 
     body = b"x" * 1800
     first = (
@@ -412,7 +412,7 @@ async def session_floor(port: int, pid: int, sessions: int, conns: int) -> tuple
 
     async def worker() -> None:
         for _ in todo:
-            _, proto = await loop.create_connection(_ClientProtocol, "127.0.0.1", port)
+            _, proto = await loop.create_connection(ClientProtocol, "127.0.0.1", port)
             try:
                 for data in (first, second):
                     if (await proto.request(data)).status != 200:

@@ -80,21 +80,10 @@ def policy_from(settings: Settings) -> Policy:
     )
 
 
-# Socket buffers of the speed-test listener (accepted sockets inherit them; the
-# kernel caps them at net.core.wmem_max / rmem_max). With Linux's 16 KiB initial
-# send buffer a TR-143 download needs an event-loop turn per few segments, and on
-# a busy ACS those turns come late: the CPE then measures the daemon's load, not
-# the line. A large buffer lets the kernel carry the transfer on its own.
-SPEEDTEST_SOCKET_BUFFER = 4 * 1024 * 1024
-
-
-def bind_tcp(host: str, port: int, buffer_bytes: int | None = None) -> socket.socket:
+def bind_tcp(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if buffer_bytes:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
     sock.bind((host, port))
     sock.listen(2048)
     sock.setblocking(False)
@@ -182,11 +171,7 @@ class App:
         # Bind every socket before anything is announced.
         acs_sock = bind_tcp(s.acs.host, s.acs.port)
         api_sock = bind_tcp(s.api.host, s.api.port)
-        st_sock = (
-            bind_tcp(s.speedtest.host, s.speedtest.port, SPEEDTEST_SOCKET_BUFFER)
-            if s.speedtest.enabled
-            else None
-        )
+        st_sock = bind_tcp(s.speedtest.host, s.speedtest.port) if s.speedtest.enabled else None
         acs_url = s.acs.public_url or (_url(acs_sock, s.acs.host) + s.acs.path)
         st_base = s.speedtest.public_url.rstrip("/") or (
             _url(st_sock, s.speedtest.host) if st_sock else ""

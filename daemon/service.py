@@ -288,9 +288,9 @@ class Service:
         known = self.cache.get(seen.serial, self.clock.monotonic())
         if known is None:
             return False
-        now = self.clock.now()
-        if not is_routine(seen, known.device, known.order_state, now):
+        if not is_routine(seen, known.device, known.order_state):
             return False
+        now = self.clock.now()
         # Nothing to decide: batch the last_seen write. The cached device keeps the
         # last_seen it was loaded with (nothing decides on it); the batch carries
         # the new one to the store.

@@ -17,7 +17,7 @@ import itertools
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -547,13 +547,66 @@ class EmulatedCpe:
             evs.append(("7 TRANSFER COMPLETE", ""))
             evs.append(("M Download", self._transfer_complete["CommandKey"]))
         rec = SessionRecord(events=[c for c, _ in evs])
+        await self._hold_session(rec, lambda: self._session(evs, retry_count, rec))
+        return self._record(rec, bootstrap=any(c == "0 BOOTSTRAP" for c, _ in evs))
+
+    async def run_periodic_lean(self) -> SessionRecord:
+        """A routine "2 PERIODIC" session on the lean wire path (`emulators/wire.py`).
+
+        Same bytes on the wire as `run_session` for a routine session, without the
+        generic HTTP client and XML parser. A device with pending work, one that has
+        not bootstrapped yet or whose ACS URL is not plain `http://` runs the full
+        session instead; so does one the ACS hands work to in the middle of the lean
+        session (counted in `lean_handed_over`)."""
+        periodic: EventList = [("2 PERIODIC", "")]
+        if self.has_work or self._transfer_complete is not None or not self.bootstrapped:
+            return await self.run_session(periodic)
+        url = self.tree[self._ms("URL")].value or self.acs_url
+        if self._wire_target is None or self._wire_target[0] != url:
+            try:
+                u = parse_url(url)
+            except HttpError:
+                u = None
+            if u is None or u.scheme != "http":
+                return await self.run_session(periodic)  # it reports the URL's trouble
+            self._wire_target = (url, WireTarget(u.host, u.port, u.target, u.authority))
+        target = self._wire_target[1]
+        rec = SessionRecord(events=["2 PERIODIC"])
+        handed_over = False
+
+        async def run() -> None:
+            nonlocal handed_over
+            cwmp_id = f"{self.serial}-{next(self._ids)}"
+            try:
+                await wire_periodic_session(
+                    target,
+                    inform=self._inform_with_id(cwmp_id, periodic, 0),
+                    cwmp_id=cwmp_id,
+                    auth=self._session_auth(),
+                    user_agent=self._user_agent(),
+                    timeout=self.http_timeout,
+                )
+            except HandedOver:
+                handed_over = True
+            except WireError as exc:
+                raise _SessionEnd(exc.reason, retryable=exc.retryable) from None
+
+        await self._hold_session(rec, run)
+        if handed_over:
+            self.lean_handed_over += 1
+            return await self.run_session(periodic)
+        return self._record(rec, bootstrap=False)
+
+    async def _hold_session(self, rec: SessionRecord, run: Callable[[], Awaitable[None]]) -> None:
+        """Run one session's exchange: the device's lock (sessions never overlap) and a
+        fleet slot held, timed into `rec`, its failure turned into `rec.error`."""
         async with self._lock:
             limiter = self.limiter if self.limiter is not None else contextlib.nullcontext()
             async with limiter:
                 rec.started = time.monotonic()
                 self.in_session = True
                 try:
-                    await self._session(evs, retry_count, rec)
+                    await run()
                     rec.ok = True
                 except _SessionEnd as exc:
                     rec.error, rec.retryable = exc.reason, exc.retryable
@@ -562,73 +615,14 @@ class EmulatedCpe:
                 finally:
                     self.in_session = False
                     rec.ended = time.monotonic()
+
+    def _record(self, rec: SessionRecord, *, bootstrap: bool) -> SessionRecord:
         self.sessions.append(rec)
         self.booted = True
         if rec.ok:
             self.sessions_ok += 1
-            if any(c == "0 BOOTSTRAP" for c, _ in evs):
+            if bootstrap:
                 self.bootstrapped = True
-            self._emit("session_ok", events=rec.events, rpcs=rec.rpcs)
-        else:
-            self.sessions_failed += 1
-            self.last_error = rec.error
-            self._emit("session_failed", events=rec.events, error=rec.error)
-        return rec
-
-    async def run_periodic_lean(self) -> SessionRecord:
-        """A routine "2 PERIODIC" session on the lean wire path (`emulators/wire.py`).
-
-        Same bytes on the wire as `run_session` for a routine session, without the
-        generic HTTP client and XML parser. A device with pending work, or one that has
-        not bootstrapped yet, runs the full session instead; so does one the ACS hands
-        work to in the middle of the lean session (counted in `lean_handed_over`)."""
-        if self.has_work or self._transfer_complete is not None or not self.bootstrapped:
-            return await self.run_session([("2 PERIODIC", "")])
-        url = self.tree[self._ms("URL")].value or self.acs_url
-        if self._wire_target is None or self._wire_target[0] != url:
-            try:
-                u = parse_url(url)
-            except HttpError as exc:
-                rec = SessionRecord(events=["2 PERIODIC"], error=f"bad ACS URL: {exc}")
-                self.sessions_failed += 1
-                return rec
-            if u.scheme != "http":
-                return await self.run_session([("2 PERIODIC", "")])
-            self._wire_target = (url, WireTarget(u.host, u.port, u.target, u.authority))
-        target = self._wire_target[1]
-        rec = SessionRecord(events=["2 PERIODIC"])
-        handed_over = False
-        async with self._lock:
-            limiter = self.limiter if self.limiter is not None else contextlib.nullcontext()
-            async with limiter:
-                rec.started = time.monotonic()
-                self.in_session = True
-                try:
-                    auth = self._session_auth()
-                    cwmp_id = f"{self.serial}-{next(self._ids)}"
-                    inform = self._inform_with_id(cwmp_id, [("2 PERIODIC", "")], 0)
-                    await wire_periodic_session(
-                        target,
-                        inform=inform,
-                        cwmp_id=cwmp_id,
-                        auth=auth,
-                        user_agent=self._user_agent(),
-                        timeout=self.http_timeout,
-                    )
-                    rec.ok = True
-                except HandedOver:
-                    handed_over = True
-                except WireError as exc:
-                    rec.error, rec.retryable = exc.reason, exc.retryable
-                finally:
-                    self.in_session = False
-                    rec.ended = time.monotonic()
-        if handed_over:
-            self.lean_handed_over += 1
-            return await self.run_session([("2 PERIODIC", "")])
-        self.sessions.append(rec)
-        if rec.ok:
-            self.sessions_ok += 1
             self._emit("session_ok", events=rec.events, rpcs=rec.rpcs)
         else:
             self.sessions_failed += 1

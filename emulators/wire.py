@@ -49,7 +49,7 @@ class WireResponse:
         return [v for k, v in self.headers if k == name]
 
 
-class _ClientProtocol(asyncio.Protocol):
+class ClientProtocol(asyncio.Protocol):
     """HTTP/1.1 client framing over one connection: one request at a time,
     responses framed by Content-Length (chunked is accepted too)."""
 
@@ -206,7 +206,7 @@ async def _session(
 ) -> int:
     loop = asyncio.get_running_loop()
     try:
-        _, proto = await loop.create_connection(_ClientProtocol, target.host, target.port)
+        _, proto = await loop.create_connection(ClientProtocol, target.host, target.port)
     except OSError as exc:
         raise WireError(f"connect {target.authority}: {exc}", retryable=True) from None
     fixed = (

@@ -615,9 +615,7 @@ def due_orders_filter(order: Order, now: datetime) -> bool:
     )
 
 
-def is_routine(
-    seen: DeviceSeen, device: Device, order_state: OrderState | None, now: datetime
-) -> bool:
+def is_routine(seen: DeviceSeen, device: Device, order_state: OrderState | None) -> bool:
     """Whether `on_device_seen` would change nothing but `last_seen`/`source`.
 
     Such sightings (a periodic Inform from a settled device) need no decision

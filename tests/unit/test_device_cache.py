@@ -52,7 +52,7 @@ def seen(**kw: object) -> DeviceSeen:
 
 
 def test_periodic_inform_of_an_active_device_is_routine() -> None:
-    assert is_routine(seen(), DEV, OrderState.ACTIVE, T0 + timedelta(hours=1))
+    assert is_routine(seen(), DEV, OrderState.ACTIVE)
 
 
 @pytest.mark.parametrize(
@@ -70,13 +70,13 @@ def test_periodic_inform_of_an_active_device_is_routine() -> None:
 def test_sightings_that_need_a_decision(
     sighting: DeviceSeen, device: Device, state: OrderState | None
 ) -> None:
-    assert not is_routine(sighting, device, state, T0)
+    assert not is_routine(sighting, device, state)
 
 
 def test_unmatched_and_held_devices_already_reported_are_routine() -> None:
     unmatched = replace(DEV, status=DeviceStatus.UNMATCHED, order_id=None, reported_unmatched=True)
-    assert is_routine(seen(), unmatched, None, T0)
-    assert is_routine(seen(), replace(DEV, status=DeviceStatus.HELD, order_id=None), None, T0)
+    assert is_routine(seen(), unmatched, None)
+    assert is_routine(seen(), replace(DEV, status=DeviceStatus.HELD, order_id=None), None)
 
 
 def test_cache_expiry_bound_and_idle_tokens() -> None:
@@ -151,5 +151,5 @@ def test_routine_check_agrees_with_the_merge(fields: dict[str, object]) -> None:
     sighting = seen(**fields)
     merged = _merge_device(DEV, sighting, T0 + timedelta(hours=1))
     unchanged = replace(merged, last_seen=DEV.last_seen, source=DEV.source) == DEV
-    assert is_routine(sighting, DEV, OrderState.ACTIVE, T0) == unchanged
+    assert is_routine(sighting, DEV, OrderState.ACTIVE) == unchanged
     assert _sighting_changes(DEV, sighting) == (not unchanged)
