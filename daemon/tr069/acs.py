@@ -372,11 +372,11 @@ class Acs:
         ):
             return known[3]
         result = self._sighting_of(inform)
-        if len(self._sightings) >= self.settings.inform_memo_entries:
-            self._sightings.clear()
-        if self.settings.inform_memo_entries and all(
-            e.code == PERIODIC for e in inform.events
-        ):  # the ones the memo keeps: they come again
+        bound = self.settings.inform_memo_entries
+        if bound and all(e.code == PERIODIC for e in inform.events):
+            # the Informs the memo keeps: they come again
+            if len(self._sightings) >= bound:
+                self._sightings.clear()
             self._sightings[key] = (inform.parameters, inform.device_id, inform.events, result)
         return result
 
